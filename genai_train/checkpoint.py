@@ -43,7 +43,8 @@ class RunDirError(RuntimeError):
 
 @dataclasses.dataclass
 class CheckpointConfig:
-    every: int = dataclasses.field(default=500, metadata={"help": "save a checkpoint every N optimizer steps (0: only at the end)"})
+    every: int = dataclasses.field(
+        default=500, metadata={"help": "save a checkpoint every N optimizer steps (0: only at the end)"})
     keep: int = dataclasses.field(default=3, metadata={"help": "keep the newest K complete checkpoints"})
     resume: Literal["auto", "never"] = dataclasses.field(
         default="auto", metadata={"help": "auto: continue from the newest complete checkpoint in the run dir"})
@@ -153,7 +154,8 @@ class Checkpointer:
         if not state_file.exists():
             raise CheckpointError(f"{path}: state.pt is missing")
         if state_file.stat().st_size != meta.get("bytes"):
-            raise CheckpointError(f"{path}: state.pt has {state_file.stat().st_size} bytes, expected {meta.get('bytes')}")
+            raise CheckpointError(
+                f"{path}: state.pt has {state_file.stat().st_size} bytes, expected {meta.get('bytes')}")
         if meta.get("sha256") and _sha256(state_file) != meta["sha256"]:
             raise CheckpointError(f"{path}: state.pt does not match its recorded hash (corrupt)")
         return meta
