@@ -23,6 +23,8 @@ from genai_train.checkpoint import CheckpointConfig
 from genai_train.commands import Command
 from genai_train.config import ConfigError
 from genai_train.data import ShardedBatchSampler
+from genai_train.device import select_device
+from genai_train.distributed import cleanup, init_distributed
 from genai_train.engine import EMAConfig, LoopConfig, RunConfig, Trainer
 from genai_train.optim import OptimConfig
 from genai_train.schedules import ScheduleConfig
@@ -172,9 +174,6 @@ def build_trainer(cfg: LMConfig, callbacks=()) -> tuple[Trainer, torch.Tensor]:
     torch.manual_seed(cfg.run.seed)
     tokens = read_text_bytes(cfg.data.path)
     split = len(tokens) - int(len(tokens) * cfg.data.val_fraction)
-    from genai_train.device import select_device
-    from genai_train.distributed import init_distributed
-
     dist = init_distributed(select_device(cfg.run.device))
     batches = ByteBatches(tokens[:split], cfg.model.seq_len, cfg.data.batch_size, cfg.run.seed,
                           dist.rank, dist.world_size)
@@ -195,6 +194,7 @@ def train(cfg: LMConfig) -> dict:
         return result
     finally:
         trainer.close()
+        cleanup()  # leave the process group (torchrun) so the process exits cleanly
 
 
 def plot_curve(points: list[tuple[float, float]], path: Path, title: str) -> Path:
