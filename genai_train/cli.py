@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"genai-train: error: {e}", file=sys.stderr)
             return 2
         raise
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("genai-train: interrupted; the last complete checkpoint is kept and `--ckpt.resume=auto` "
               "continues from it", file=sys.stderr)

@@ -179,6 +179,10 @@ def _from_dict(cls: type[T], data: dict, where: str = "") -> T:
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
             raise ConfigError(f"unknown config key '{path}'" + closest(str(key), list(fields)))
+        default = _section_default(fields[key])
+        if isinstance(value, dict) and default is not None:
+            # a partial section overrides the parent's own defaults for it, not the section class's
+            value = _deep_merge(config_to_dict(default), value)
         kwargs[key] = _coerce(value, hints[key], path)
     try:
         return cls(**kwargs)
@@ -186,6 +190,21 @@ def _from_dict(cls: type[T], data: dict, where: str = "") -> T:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def _section_default(f: dataclasses.Field) -> Any:
+    """The default instance of a nested-dataclass field (from its default_factory), else None."""
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        return value if dataclasses.is_dataclass(value) else None
+    return f.default if dataclasses.is_dataclass(f.default) else None
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def config_from_dict(cls: type[T], data: dict | None) -> T:

@@ -96,7 +96,8 @@ class Batches(Protocol):
 
 
 # Keys whose change between runs of one run directory is harmless (where to write, how often to log).
-_FREE_KEYS = ("run.dir", "run.log_every", "run.tensorboard", "ckpt.", "train.steps")
+# (train.steps is not among them: it stretches a cosine or linear LR schedule, so it is warned about.)
+_FREE_KEYS = ("run.dir", "run.log_every", "run.tensorboard", "ckpt.")
 
 
 def check_resume_config(saved: dict, current: dict, shape_keys: Sequence[str]) -> list[tuple[str, Any, Any]]:

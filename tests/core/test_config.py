@@ -90,3 +90,13 @@ def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
     cfg = load_config(LMConfig, None, ["--optim.lr=2e-4", "--run.dir=x"])
     path = save_config(cfg, tmp_path)
     assert load_config(LMConfig, path) == cfg
+
+
+def test_partial_section_keeps_the_task_defaults_of_that_section(tmp_path):
+    # LMConfig's own defaults: train.steps=200 and schedule.warmup_steps=20 (not the section classes' 1000 / 0)
+    cfg = load_config(LMConfig, None, ["--train.grad_accum=2", "--schedule.kind=linear"])
+    assert (cfg.train.steps, cfg.train.grad_accum) == (200, 2)
+    assert (cfg.schedule.warmup_steps, cfg.schedule.kind) == (20, "linear")
+    p = tmp_path / "c.yaml"
+    p.write_text("run:\n  seed: 5\n")
+    assert load_config(LMConfig, p).run.dir == "runs/lm"
