@@ -162,7 +162,11 @@ class Trainer:
         barrier()
         self.model.to(self.device)
         self.ddp_model = wrap_ddp(self.model, self.dist)
-        self.optimizer = build_optimizer(self.model.named_parameters(), cfg.optim)
+        if getattr(cfg.optim, "per_layer", False) and self.loop.grad_clip > 0:
+            raise ConfigError("optim.per_layer=true updates each weight inside backward, before any global "
+                              "gradient norm exists; set train.grad_clip=0 or optim.per_layer=false")
+        self.optimizer = build_optimizer(self.model.named_parameters(), cfg.optim, model=self.model)
+        self.per_layer = bool(getattr(self.optimizer, "per_layer", False))
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.loop.steps)
         ema_cfg: EMAConfig = cfg.ema
         self.ema = (EMA(self.model, decay=ema_cfg.decay, half_life_steps=ema_cfg.half_life_steps)
@@ -228,6 +232,8 @@ class Trainer:
     # -- loop -----------------------------------------------------------------------------------------
     def _micro_step(self, last: bool) -> torch.Tensor:
         batch = self.batches.next_batch(self.device)
+        if self.per_layer:  # update inside backward only once the last micro-batch has accumulated
+            self.optimizer.step_in_backward = last
         sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.ddp_model.no_sync()
         with sync:
             with autocast(self.device, self.use_autocast):

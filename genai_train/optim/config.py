@@ -38,12 +38,13 @@ class OptimConfig:
     decay_1d: bool = field(default=False, metadata={
         "help": "also decay 1-D tensors (biases, norm gains); off = the usual no-decay group"})
     rank: int | None = field(default=None, metadata={
-        "help": "projection rank r; None = method default (GaLore 128, APOLLO 256, APOLLO-Mini 1, Flora 128); "
-                "clipped to min(m, n) per matrix"})
+        "help": "projection rank r; None = method default (GaLore 128, APOLLO 256, APOLLO-Mini 1, "
+                "Flora 128); clipped to min(m, n) per matrix"})
     update_proj_gap: int = field(default=200, metadata={
         "help": "T: refresh the projection every T optimizer steps (GaLore/APOLLO)"})
     scale: float | None = field(default=None, metadata={
-        "help": "alpha: GaLore 0.25, APOLLO 1, APOLLO-Mini 128 (enters APOLLO as sqrt(alpha)); None = default"})
+        "help": "alpha: GaLore 0.25, APOLLO 1, APOLLO-Mini 128 (enters APOLLO as sqrt(alpha)); "
+                "None = default"})
     scale_front: bool = field(default=False, metadata={
         "help": "APOLLO: multiply by sqrt(alpha) before the norm-growth limiter (the 60M/130M Mini scripts)"})
     norm_growth_limit: float = field(default=1.01, metadata={
@@ -54,7 +55,8 @@ class OptimConfig:
     include_conv: bool = field(default=True, metadata={
         "help": "treat conv kernels (out, in, *k) as (out, in*prod(k)) matrices in the low-rank group"})
     seed: int = field(default=0, metadata={
-        "help": "base seed of the random projections (APOLLO, Flora); matrix i uses seed + i + 1"})
+        "help": "base seed of the random projections (APOLLO, Flora); parameter i (0-based over all "
+                "optimizer groups) starts from seed + i + 1, as the reference packages number them"})
     kappa: int = field(default=1000, metadata={
         "help": "Flora: resample the projection every kappa steps (momentum transferred)"})
     decay_rate: float = field(default=-0.8, metadata={
@@ -65,8 +67,9 @@ class OptimConfig:
         "help": "Flora/Adafactor: multiply lr by max(1e-3, RMS(p)) (flora-opt default True; "
                 "off to use a plain lr like the other methods)"})
     per_layer: bool = field(default=False, metadata={
-        "help": "GaLore/APOLLO/APOLLO-Mini/AdamW: step each parameter inside backward "
-                "(post-accumulate-grad hooks) so full gradients never coexist; see attach_per_layer"})
+        "help": "step each parameter inside backward (post-accumulate-grad hooks) so full gradients never "
+                "coexist; all methods but adamw; single process, no grad clipping; with gradient "
+                "accumulation the loop sets opt.step_in_backward (see CoreOptimizer.attach_per_layer)"})
 
     def __post_init__(self) -> None:
         if self.name not in OPTIM_NAMES:
@@ -95,9 +98,9 @@ class OptimConfig:
             raise ValueError(f"optim.clip_threshold={self.clip_threshold} must be > 0")
         if self.target not in ("blocks", "all_linear"):
             raise ValueError(f"optim.target={self.target!r} must be 'blocks' or 'all_linear'")
-        if self.per_layer and self.name not in ("adamw", "galore", "apollo", "apollo_mini"):
-            raise ValueError(f"optim.per_layer is supported for adamw, galore, apollo, apollo_mini, "
-                             f"not {self.name!r}; set optim.per_layer=false")
+        if self.per_layer and self.name == "adamw":
+            raise ValueError("optim.per_layer is supported for galore, apollo, apollo_mini, adam_mini and "
+                             "flora, not adamw; set optim.per_layer=false or pick one of those")
 
     @property
     def resolved_eps(self) -> float:

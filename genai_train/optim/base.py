@@ -1,0 +1,173 @@
+"""Shared machinery of the core optimizers: bucketed vectorized steps, per-layer (in-backward) updates.
+
+Every optimizer here keeps per-parameter state as plain tensors and ints (``step``, moments, projection
+matrices, seeds), so ``state_dict()`` loads with ``torch.load(weights_only=True)`` and a save/load in the
+middle of a run continues bit-identically.
+
+Per-layer mode (GaLore, Zhao et al. 2024, Sec. 4.3 "per-layer weight updates"): a post-accumulate-grad
+hook on every parameter runs that parameter's update inside backward and frees its gradient, so full
+gradients of all layers never coexist. With gradient accumulation, set ``opt.step_in_backward = False``
+before the backward of every micro-batch but the last (gradients then accumulate in ``p.grad`` as
+usual) and ``True`` before the last one. ``opt.step()`` afterwards is a no-op for the parameters already
+updated and steps any parameter that still holds a gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["CoreOptimizer", "hf_adamw_", "adam_direction"]
+
+
+def _fused_ok(tensors: list[torch.Tensor]) -> bool:
+    t = tensors[0]
+    return t.device.type in ("cpu", "cuda") and t.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+        and all(x.device == t.device and x.dtype == t.dtype for x in tensors)
+
+
+def _fused_adam_(params, grads, exp_avgs, exp_avg_sqs, k: int, lr: float, beta1: float, beta2: float,
+                 eps: float) -> None:
+    """torch's fused Adam kernel: W -= lr/(1-b1^k) * m / (sqrt(v)/sqrt(1-b2^k) + eps), moments updated."""
+    steps = [torch.tensor(float(k), device=params[0].device)] * len(params)
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                       weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+
+
+def hf_adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+              exp_avg_sqs: list[torch.Tensor], k: int, lr: float, beta1: float, beta2: float, eps: float,
+              weight_decay: float) -> None:
+    """The AdamW of GaLore/APOLLO (the HF ``transformers.AdamW`` skeleton), over lists.
+
+    m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; W -= lr sqrt(1-b2^k)/(1-b1^k) * m / (sqrt(v) + eps);
+    then decoupled decay W -= lr * wd * W. eps is added before the bias correction, which is torch's
+    convention with eps' = eps / sqrt(1-b2^k): that lets torch's fused kernel do it in one pass.
+    """
+    bc2_sqrt = math.sqrt(1.0 - beta2 ** k)
+    if _fused_ok(params + grads + exp_avgs + exp_avg_sqs):
+        _fused_adam_(params, grads, exp_avgs, exp_avg_sqs, k, lr, beta1, beta2, eps / bc2_sqrt)
+    else:
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr * bc2_sqrt / (1.0 - beta1 ** k))
+    if weight_decay > 0.0:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+
+
+def adam_direction(grads: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+                   k: int, beta1: float, beta2: float, eps: float) -> list[torch.Tensor]:
+    """Update the Adam moments of ``grads`` in place and return **-N**, N = m / (sqrt(v) + eps) (GaLore/
+    APOLLO's normalised low-rank gradient, no bias correction), fused into one pass where possible."""
+    if _fused_ok(grads + exp_avgs + exp_avg_sqs):
+        # fused Adam on a zero "parameter" with lr = (1-b1^k)/sqrt(1-b2^k) leaves exactly -N in it
+        out = [torch.zeros_like(g) for g in grads]
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** k)
+        _fused_adam_(out, grads, exp_avgs, exp_avg_sqs, k, (1.0 - beta1 ** k) / bc2_sqrt, beta1, beta2,
+                     eps / bc2_sqrt)
+        return out
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denom, eps)
+    out = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_neg_(out)
+    return out
+
+
+class CoreOptimizer(torch.optim.Optimizer):
+    """Base class: groups parameters that hold a gradient by (group, step count) and hands each bucket
+    to ``_update(group, params, t)``; subclasses implement ``_init_state`` and ``_update``.
+
+    Each group has a boolean ``low_rank`` (the parameter gets the method's special treatment) and its
+    hyperparameters. ``seed_base``: parameter i (0-based over all groups, in order) gets the integer seed
+    ``seed_base + i + 1`` in ``state["seed"]`` (the numbering of the APOLLO and Flora references).
+    """
+
+    def __init__(self, params, defaults: dict, seed_base: int | None = None) -> None:
+        super().__init__(params, defaults)
+        self.step_in_backward = True
+        self._hooks: list = []
+        if seed_base is not None:
+            i = 0
+            for group in self.param_groups:
+                for p in group["params"]:
+                    i += 1
+                    self.state[p]["seed"] = seed_base + i
+
+    # -- subclass API -----------------------------------------------------------------------------------
+    def _init_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
+        raise NotImplementedError
+
+    def _update(self, group: dict, params: list[torch.Tensor], t: int) -> None:
+        """Update ``params`` (all in ``group``, all with ``state["step"] == t`` before the increment)."""
+        raise NotImplementedError
+
+    # -- driver -----------------------------------------------------------------------------------------
+    def _step_params(self, group: dict, params: list[torch.Tensor]) -> None:
+        buckets: dict[int, list[torch.Tensor]] = defaultdict(list)
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = 0
+                self._init_state(group, p, state)
+            buckets[state["step"]].append(p)
+        for t, ps in buckets.items():
+            self._update(group, ps, t)
+            for p in ps:
+                self.state[p]["step"] = t + 1
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._step_params(group, params)
+        return loss
+
+    # -- per-layer mode ---------------------------------------------------------------------------------
+    @property
+    def per_layer(self) -> bool:
+        return bool(self._hooks)
+
+    def attach_per_layer(self) -> CoreOptimizer:
+        """Step every parameter inside backward, as soon as its gradient is accumulated (module docstring).
+        Single-process only: under DDP the hook would fire before the gradient all-reduce."""
+        if self._hooks:
+            return self
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise RuntimeError("per-layer optimizer updates run inside backward, before DDP's gradient "
+                               "all-reduce; set optim.per_layer=false for multi-process training")
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if p.requires_grad:
+                    self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(gi)))
+        return self
+
+    def detach_per_layer(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _make_hook(self, gi: int):
+        # the group is looked up at call time: load_state_dict() replaces the group dicts
+        def hook(p: torch.Tensor) -> None:
+            if not self.step_in_backward or p.grad is None:
+                return
+            with torch.no_grad():
+                self._step_params(self.param_groups[gi], [p])
+            p.grad = None
+        return hook

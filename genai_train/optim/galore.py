@@ -1,0 +1,82 @@
+"""GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection (Zhao et al., ICML 2024).
+https://arxiv.org/abs/2403.03507
+
+Reference-exact to ``galore_torch.GaLoreAdamW`` 1.0 (proj_type "std"), see ALGORITHMS.md section 1:
+
+    if t % T == 0:  P = top-r singular vectors of G (right if tall [r, n], left if wide [m, r])
+    R = G P^T (tall) | P^T G (wide)                    # r-dim gradient
+    M = b1 M + (1-b1) R ;  V = b2 V + (1-b2) R^2       # kept across refreshes (not rotated)
+    W -= lr sqrt(1-b2^k)/(1-b1^k) * alpha * (N P | P N),  N = M / (sqrt(V) + eps)
+    W -= lr wd W
+
+Parameters outside the low-rank groups get the same AdamW skeleton without projection. P is stored as a
+contiguous [r, min-side] copy (the reference keeps a view of the whole SVD factor alive).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from genai_train.optim.base import CoreOptimizer, adam_direction, hf_adamw_
+from genai_train.optim.projector import matrix_view, project, project_back_, projection_shape, svd_basis
+
+__all__ = ["GaLore"]
+
+
+class GaLore(CoreOptimizer):
+    """GaLore-AdamW. Groups with ``low_rank=True`` are projected (2-D weights and conv kernels viewed as
+    (out, in*k*k)). ``projection="identity"`` replaces the SVD basis by the identity (needs rank >=
+    min(m, n)); it turns GaLore into AdamW and exists for tests and ablations."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0, rank: int = 128, update_proj_gap: int = 200, scale: float = 0.25,
+                 projection: Literal["svd", "identity"] = "svd") -> None:
+        if projection not in ("svd", "identity"):
+            raise ValueError(f"GaLore projection={projection!r}: choose 'svd' or 'identity'")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank,
+                        update_proj_gap=update_proj_gap, scale=scale, projection=projection, low_rank=False)
+        super().__init__(params, defaults)
+
+    def _init_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
+        if group["low_rank"]:
+            m, n = matrix_view(p).shape
+            pm, pn = projection_shape(m, n, group["rank"])
+            r = pm if m >= n else pn
+            shape = (m, r) if m >= n else (r, n)
+            state["proj"] = torch.zeros((pm, pn), dtype=p.dtype, device=p.device)
+            state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        else:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _update(self, group: dict, params: list[torch.Tensor], t: int) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        states = [self.state[p] for p in params]
+        ms = [s["exp_avg"] for s in states]
+        vs = [s["exp_avg_sq"] for s in states]
+        grads = [p.grad for p in params]
+        k = t + 1
+        if not group["low_rank"]:
+            hf_adamw_(params, grads, ms, vs, k, lr, b1, b2, eps, wd)
+            return
+        gs = [matrix_view(g) for g in grads]  # [m, n] each
+        if t % group["update_proj_gap"] == 0:
+            for g, s in zip(gs, states):
+                if group["projection"] == "identity":
+                    if group["rank"] < min(g.shape):
+                        raise ValueError("GaLore projection='identity' needs rank >= min(m, n) "
+                                         f"(rank {group['rank']}, matrix {tuple(g.shape)})")
+                    s["proj"] = torch.eye(min(g.shape), dtype=g.dtype, device=g.device)
+                else:
+                    s["proj"] = svd_basis(g, group["rank"])
+        rs = [project(g, s["proj"]) for g, s in zip(gs, states)]  # [m, r] tall | [r, n] wide
+        neg_ns = adam_direction(rs, ms, vs, k, b1, b2, eps)  # -M / (sqrt(V) + eps)
+        step_size = lr * math.sqrt(1.0 - b2 ** k) / (1.0 - b1 ** k)
+        for p, neg_n, s in zip(params, neg_ns, states):
+            project_back_(matrix_view(p), neg_n, s["proj"], alpha=step_size * group["scale"])
+        if wd > 0.0:
+            torch._foreach_mul_(params, 1.0 - lr * wd)

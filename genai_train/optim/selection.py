@@ -1,0 +1,96 @@
+"""Which tensors get which treatment: decided by module type and shape, never by name substrings.
+
+* Low-rank methods (GaLore, APOLLO, APOLLO-Mini, Flora): the weights of ``nn.Linear`` and ``nn.Conv*``
+  modules (conv kernels viewed as (out, in * prod(kernel)) matrices) and the fused ``in_proj_weight`` of
+  ``nn.MultiheadAttention``. With ``target="blocks"`` only those inside a repeated block, i.e. below an
+  ``nn.ModuleList`` (transformer layers, UNet down/up blocks); with ``target="all_linear"`` all of them.
+  Embeddings, output heads outside the blocks, norms and biases stay full-rank.
+* Adam-mini blocks (one second moment per block): query/key weights one per head, other Linear/conv
+  weights and embeddings one per output row, biases one per element, anything else one per tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = ["low_rank_params", "adam_mini_blocks", "HEAD_COUNT_ATTRS", "QK_CHILD_NAMES"]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# attention modules are recognised by an integer head count under one of these attribute names
+HEAD_COUNT_ATTRS = ("num_heads", "n_heads", "n_head", "heads")
+# the query/key projections of an attention module, matched exactly on the child's own attribute name
+QK_CHILD_NAMES = frozenset({"q", "k", "q_proj", "k_proj", "wq", "wk", "query", "key", "to_q", "to_k"})
+
+
+def _inside_block(path: tuple[nn.Module, ...]) -> bool:
+    return any(isinstance(m, nn.ModuleList) for m in path)
+
+
+def _walk(model: nn.Module, parents: tuple[nn.Module, ...] = ()):
+    yield model, parents
+    for child in model.children():
+        yield from _walk(child, parents + (model,))
+
+
+def low_rank_params(model: nn.Module, target: Literal["blocks", "all_linear"] = "blocks",
+                    include_conv: bool = True) -> set[int]:
+    """ids of the parameters that get the low-rank treatment (see the module docstring)."""
+    chosen: set[int] = set()
+    for mod, parents in _walk(model):
+        if target == "blocks" and not _inside_block(parents):
+            continue
+        weights: list[torch.Tensor] = []
+        if isinstance(mod, nn.Linear):
+            weights.append(mod.weight)
+        elif include_conv and isinstance(mod, _CONV):
+            weights.append(mod.weight)
+        elif isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None:
+            weights.append(mod.in_proj_weight)
+        for w in weights:
+            if w is not None and w.requires_grad and w.ndim >= 2 and min(w.shape[0], w[0].numel()) > 1 \
+                    and w.is_contiguous():
+                chosen.add(id(w))
+    return chosen
+
+
+def _head_count(mod: nn.Module) -> int | None:
+    for attr in HEAD_COUNT_ATTRS:
+        v = getattr(mod, attr, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def adam_mini_blocks(model: nn.Module) -> dict[int, int]:
+    """id(param) -> number of second-moment blocks (rows of the (blocks, -1) view of the parameter).
+
+    Adam-mini (Zhang et al. 2024, Sec. 2.3) partitions by the Hessian's block structure: query/key one
+    block per head, value/output/MLP/embedding/output head one per output row, biases one per element
+    (plain Adam), everything else (norm gains, ...) one block for the whole tensor.
+    """
+    blocks: dict[int, int] = {}
+    for mod in model.modules():
+        heads = _head_count(mod)
+        if heads is not None:
+            linears = {n: c for n, c in mod.named_children() if isinstance(c, nn.Linear)}
+            q = next((c for n, c in linears.items() if n in ("q", "q_proj", "wq", "query", "to_q")), None)
+            head_dim = q.out_features // heads if q is not None and q.out_features % heads == 0 else None
+            for name, lin in linears.items():
+                if name in QK_CHILD_NAMES and head_dim and lin.out_features % head_dim == 0:
+                    blocks.setdefault(id(lin.weight), lin.out_features // head_dim)
+        if isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None:
+            blocks.setdefault(id(mod.in_proj_weight), 3 * mod.num_heads)  # q, k and v: one block per head
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in blocks:
+                continue
+            if pname.endswith("bias"):
+                blocks[id(p)] = p.numel()
+            elif isinstance(mod, (nn.Linear, nn.Embedding, *_CONV)) or (
+                    isinstance(mod, nn.MultiheadAttention) and p.ndim == 2):
+                blocks[id(p)] = p.shape[0]
+            else:
+                blocks[id(p)] = 1
+    return blocks
