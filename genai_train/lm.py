@@ -27,6 +27,7 @@ from genai_train.device import select_device
 from genai_train.distributed import cleanup, init_distributed
 from genai_train.engine import EMAConfig, LoopConfig, RunConfig, Trainer
 from genai_train.optim import OptimConfig
+from genai_train.plot import line_chart
 from genai_train.schedules import ScheduleConfig
 
 DEFAULT_TEXT = "textwrap.py"  # a stdlib module: ~20 KB of real text everywhere Python is installed
@@ -197,33 +198,6 @@ def train(cfg: LMConfig) -> dict:
         cleanup()  # leave the process group (torchrun) so the process exits cleanly
 
 
-def plot_curve(points: list[tuple[float, float]], path: Path, title: str) -> Path:
-    """A small line chart as PNG (Pillow only)."""
-    from PIL import Image, ImageDraw
-
-    W, H, m = 480, 300, 40
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys)
-    if y1 == y0:
-        y1 = y0 + 1
-
-    def px(x, y):
-        return m + (x - x0) / max(x1 - x0, 1e-9) * (W - 2 * m), H - m - (y - y0) / (y1 - y0) * (H - 2 * m)
-
-    d.rectangle([m, m, W - m, H - m], outline="black")
-    d.line([px(x, y) for x, y in points], fill=(30, 90, 200), width=2)
-    d.text((m, 10), title, fill="black")
-    d.text((m, H - m + 5), f"step {x0:g}", fill="black")
-    d.text((W - m - 60, H - m + 5), f"step {x1:g}", fill="black")
-    d.text((5, m - 12), f"{y1:.2f}", fill="black")
-    d.text((5, H - m - 12), f"{y0:.2f}", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
-
-
 def demo(out_dir: Path) -> dict[str, str]:
     """Under a minute on 2 CPU cores: 300 steps of a tiny byte GPT on a stdlib file."""
     cfg = LMConfig(run=RunConfig(dir=str(out_dir / "run"), log_every=5, tensorboard=False),
@@ -232,7 +206,8 @@ def demo(out_dir: Path) -> dict[str, str]:
     result = train(cfg)
     rows = [json.loads(line) for line in (out_dir / "run" / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    png = plot_curve(curve, out_dir / "loss.png", "byte-level GPT: training loss (nats/byte)")
+    png = line_chart({"train loss": curve}, out_dir / "loss.png", title="byte-level GPT on a stdlib file",
+                     xlabel="optimizer step", ylabel="loss (nats/byte)")
     metrics = out_dir / "metrics.json"
     metrics.write_text(json.dumps({**result, "curve": curve}, indent=2))
     return {"loss curve": str(png), "metrics": str(metrics), "run": cfg.run.dir}

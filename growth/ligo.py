@@ -1,0 +1,389 @@
+"""LiGO: Learning to Grow Pretrained Models for Efficient Transformer Training (Wang et al., ICLR 2023),
+https://arxiv.org/abs/2303.00980.
+
+Every weight of the large model is a linear function of the small model's weights (paper eq. 3-5):
+
+    width  W' = B_out W B_in^T          (one pair of operators per channel space, tied across layers)
+    depth  W'_i = sum_j w_ij W_j        (one coefficient matrix w in R^{L2 x L1} per parameter type)
+
+Channel spaces and the operators acting on them (``out`` expands rows, ``in`` expands columns):
+
+    emb    residual stream: embeddings, norms, o/down outputs (``emb_out``);
+           q/k/v/up/gate/head inputs (``emb_in``)
+    q, k   query / key features                      (``q``, ``k``: outputs only; they meet in q.k)
+    v      value features (kv-head space)            (``v``) and the o input in query-head space (``o_in``)
+    ffn    MLP hidden: up and gate outputs (``ffn_out``, shared, SwiGLU-safe); down input (``ffn_in``)
+
+Net2Net as a special case of LiGO (paper App. A: B = [I; S], A = [I; S~]) gives the initialisation: a new
+unit copies old unit ``i mod n`` (``out`` = selection S), readers of a copied unit divide by its copy count
+(``in`` = S~ = S diag(1/c)), so S~^T S = I and the widened model computes the same function (exactly when
+every unit is copied equally, since LayerNorm/RMSNorm statistics then stay the same). Attention is
+head-aware: heads are copied whole, q is scaled by sqrt(dh'/dh) and k divided by within-head copy counts so
+that scaled dot products are unchanged. Depth starts as stacking (large layer i = small layer i mod L1).
+Small noise on the ``out`` operators breaks the symmetry between copies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from growth.models import ModelConfig, Transformer
+
+__all__ = [
+    "LigoConfig",
+    "LigoOperator",
+    "param_role",
+    "copy_map",
+    "depth_map",
+    "selection",
+    "normalised_selection",
+    "attention_maps",
+    "materialize",
+]
+
+
+@dataclass
+class LigoConfig:
+    """Operator phase: how the operator is initialised and trained (paper: 100 steps)."""
+
+    steps: int = field(default=100, metadata={"help": "operator training steps before materializing"})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate of the operator"})
+    warmup_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "linear warm-up of the operator LR; None = 10% of steps; must be shorter than steps "
+            "(the official 10k warm-up over 100 steps leaves the operator at its init)"
+        },
+    )
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay on the operator (0: keep init)"}
+    )
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the operator gradient norm (0: off)"})
+    noise: float = field(
+        default=0.01,
+        metadata={
+            "help": "std of symmetry-breaking noise on out-operators, relative to a row (0: exact copies)"
+        },
+    )
+    attn_operator: Literal["auto", "full", "head"] = field(
+        default="auto",
+        metadata={
+            "help": "q/k/v operators: full (any feature mix, paper) | head (mix whole heads, kron(H, I)); "
+            "auto = head for RoPE models"
+        },
+    )
+    train_width: bool = field(default=True, metadata={"help": "learn the width operators"})
+    train_depth: bool = field(default=True, metadata={"help": "learn the depth coefficients"})
+    depth_init: Literal["stack", "interpolate"] = field(
+        default="stack",
+        metadata={
+            "help": "stack: large layer i copies small layer i mod L (StackBERT); interpolate: "
+            "floor(i L / L') (each layer repeated in place; gentler for non-integer depth ratios)"
+        },
+    )
+
+    @property
+    def resolved_warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"ligo.steps={self.steps} must be >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"ligo.lr={self.lr} must be > 0")
+        if self.warmup_steps is not None and self.steps and not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(
+                f"ligo.warmup_steps={self.warmup_steps} must be < ligo.steps={self.steps}, or the "
+                f"operator never trains at its full LR; e.g. --ligo.warmup_steps={self.steps // 10}"
+            )
+        if self.noise < 0:
+            raise ValueError(f"ligo.noise={self.noise} must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Net2Net selection maps (pure functions)
+
+
+def copy_map(n_old: int, n_new: int) -> torch.Tensor:
+    """src[i] = i mod n_old: new unit i copies old unit src[i] (first n_old are the originals). [n_new]"""
+    if n_new < n_old:
+        raise ValueError(f"cannot shrink {n_old} -> {n_new}")
+    return torch.arange(n_new) % n_old
+
+
+def depth_map(n_old: int, n_new: int, kind: str = "stack") -> torch.Tensor:
+    """Which small layer each large layer starts from: stacking (i mod L) or interpolation (floor(i L / L'))
+    (paper App. A: both are special cases of the depth operator). [n_new]"""
+    if kind == "interpolate":
+        return torch.arange(n_new) * n_old // n_new
+    return copy_map(n_old, n_new)
+
+
+def selection(src: torch.Tensor, n_old: int) -> torch.Tensor:
+    """One-hot S [n_new, n_old] with S[i, src[i]] = 1 (the out-operator of Net2Net)."""
+    S = torch.zeros(len(src), n_old)
+    S[torch.arange(len(src)), src] = 1.0
+    return S
+
+
+def normalised_selection(src: torch.Tensor, n_old: int) -> torch.Tensor:
+    """S~ = S diag(1/c) with c the copy count of each old unit, so S~^T S = I (Net2Net fan-out split)."""
+    counts = torch.bincount(src, minlength=n_old).float()
+    return selection(src, n_old) / counts[src][:, None]
+
+
+def attention_maps(src: ModelConfig, tgt: ModelConfig) -> dict[str, torch.Tensor]:
+    """Function-preserving q/k/v/o_in selection matrices for head-aware attention growth.
+
+    New query head j copies old head j mod H; within a head, feature e copies e mod dh. kv head t copies
+    the old kv head that its query heads read, which requires the copy to be consistent across the group.
+    q gets sqrt(dh'/dh) and k 1/c_d so that q'.k'/sqrt(dh') = q.k/sqrt(dh); o's input divides by the
+    copy count of (head, feature).
+    """
+    H1, H2, K1, K2, d1, d2 = src.n_heads, tgt.n_heads, src.kv_heads, tgt.kv_heads, src.dh, tgt.dh
+    g1, g2 = H1 // K1, H2 // K2
+    src_h = copy_map(H1, H2)  # [H2]
+    src_d = copy_map(d1, d2)  # [d2]
+    src_kv = torch.empty(K2, dtype=torch.long)
+    for t in range(K2):
+        olds = {int(src_h[j]) // g1 for j in range(t * g2, (t + 1) * g2)}
+        if len(olds) != 1:
+            raise ValueError(
+                f"kv_heads={K2} with heads={H2} cannot copy the source's grouping ({H1} heads, "
+                f"{K1} kv heads): keep heads/kv_heads = {g1}, e.g. kv_heads={H2 // g1}"
+            )
+        src_kv[t] = olds.pop()
+    c_h = torch.bincount(src_h, minlength=H1).float()
+    c_d = torch.bincount(src_d, minlength=d1).float()
+
+    def flat(heads: torch.Tensor) -> torch.Tensor:  # (head, feature) -> flat old index [n_heads * d2]
+        return (heads[:, None] * d1 + src_d[None, :]).reshape(-1)
+
+    q_src, kv_src = flat(src_h), flat(src_kv)
+    q = selection(q_src, H1 * d1) * math.sqrt(d2 / d1)
+    k = selection(kv_src, K1 * d1) / c_d[src_d].repeat(K2)[:, None]
+    v = selection(kv_src, K1 * d1)
+    o_in = selection(q_src, H1 * d1) / (c_h[src_h][:, None] * c_d[src_d][None, :]).reshape(-1)[:, None]
+    return {
+        "q": q,
+        "k": k,
+        "v": v,
+        "o_in": o_in,
+        "head_q": selection(src_h, H1),
+        "head_kv": selection(src_kv, K1),
+        "head_o_in": selection(src_h, H1) / c_h[src_h][:, None],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parameter roles
+
+
+def param_role(name: str, cfg: ModelConfig) -> tuple[str | None, ...]:
+    """Operators applied to each axis of canonical parameter ``name``: W' = op0 W op1^T (None = unchanged).
+
+    The final/head norm output is read by the head; with tied embeddings the head is E' = E B_emb^T, so
+    that norm uses the in-operator (S~) to keep logits unchanged.
+    """
+    suffix = name.split(".", 2)[-1] if name.startswith("layers.") else name
+    tied_reader = "emb_in" if cfg.tie_embeddings else "emb_out"
+    table: dict[str, tuple[str | None, ...]] = {
+        "tok_emb.weight": (None, "emb_out"),
+        "pos_emb.weight": (None, "emb_out"),
+        "type_emb.weight": (None, "emb_out"),
+        "emb_norm.weight": ("emb_out",),
+        "emb_norm.bias": ("emb_out",),
+        "attn_norm.weight": ("emb_out",),
+        "attn_norm.bias": ("emb_out",),
+        "mlp_norm.weight": ("emb_out",),
+        "mlp_norm.bias": ("emb_out",),
+        "q.weight": ("q", "emb_in"),
+        "q.bias": ("q",),
+        "k.weight": ("k", "emb_in"),
+        "k.bias": ("k",),
+        "v.weight": ("v", "emb_in"),
+        "v.bias": ("v",),
+        "o.weight": ("emb_out", "o_in"),
+        "o.bias": ("emb_out",),
+        "up.weight": ("ffn_out", "emb_in"),
+        "up.bias": ("ffn_out",),
+        "gate.weight": ("ffn_out", "emb_in"),
+        "gate.bias": ("ffn_out",),
+        "down.weight": ("emb_out", "ffn_in"),
+        "down.bias": ("emb_out",),
+        "final_norm.weight": (tied_reader,),
+        "final_norm.bias": (tied_reader,),
+        "head_dense.weight": ("emb_out", "emb_in"),
+        "head_dense.bias": ("emb_out",),
+        "head_norm.weight": (tied_reader,),
+        "head_norm.bias": (tied_reader,),
+        "lm_head.weight": (None, "emb_in"),
+        "lm_head_bias": (None,),
+    }
+    if suffix not in table:
+        raise KeyError(f"no growth role for parameter {name!r}")
+    return table[suffix]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the operator
+
+
+class LigoOperator(nn.Module):
+    """Learnable linear map from the small model's weights to the large model's weights.
+
+    ``grow(small_state)`` returns the large state dict; it is linear in ``small_state`` (the operator's
+    parameters are fixed while it runs). Only the operator's parameters are trainable; the small weights
+    are held as plain (frozen) tensors.
+    """
+
+    def __init__(
+        self,
+        small: dict[str, torch.Tensor],
+        src: ModelConfig,
+        tgt: ModelConfig,
+        cfg: LigoConfig | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        cfg = cfg or LigoConfig()
+        if src.arch != tgt.arch or src.vocab_size != tgt.vocab_size:
+            raise ValueError(
+                f"source ({src.arch}, vocab {src.vocab_size}) and target ({tgt.arch}, vocab "
+                f"{tgt.vocab_size}) must share family and vocabulary"
+            )
+        self.src, self.tgt, self.cfg = src, tgt, cfg
+        self.head_structured = cfg.attn_operator == "head" or (cfg.attn_operator == "auto" and tgt.rope)
+        if self.head_structured and src.dh != tgt.dh:
+            raise ValueError(
+                f"attn_operator=head keeps head_dim ({src.dh} -> {tgt.dh}); use attn_operator=full"
+            )
+        self.small = {k: v.detach() for k, v in small.items()}
+        g = torch.Generator().manual_seed(seed)
+
+        # ---- width: init from Net2Net maps, noise on out-operators
+        D1, D2, F1, F2 = src.d_model, tgt.d_model, src.d_ff, tgt.d_ff
+        src_emb, src_ffn = copy_map(D1, D2), copy_map(F1, F2)
+        att = attention_maps(src, tgt)
+        init = {
+            "emb_out": selection(src_emb, D1),
+            "emb_in": normalised_selection(src_emb, D1),
+            "ffn_out": selection(src_ffn, F1),
+            "ffn_in": normalised_selection(src_ffn, F1),
+        }
+        if self.head_structured:
+            init.update(q=att["head_q"], k=att["head_kv"], v=att["head_kv"], o_in=att["head_o_in"])
+        else:
+            init.update(q=att["q"], k=att["k"], v=att["v"], o_in=att["o_in"])
+        noisy = {"emb_out", "ffn_out", "q", "k", "v"}
+        self.width = nn.ParameterDict()
+        for name, M in init.items():
+            if name in noisy and cfg.noise > 0:
+                M = (
+                    M
+                    + torch.randn(M.shape, generator=g) * (cfg.noise / math.sqrt(M.shape[1])) * M.abs().max()
+                )
+            self.width[name] = nn.Parameter(M, requires_grad=cfg.train_width)
+
+        # ---- depth: stacking, one coefficient matrix per per-layer parameter type
+        L1, L2 = src.n_layers, tgt.n_layers
+        stack = selection(depth_map(L1, L2, cfg.depth_init), L1)  # [L2, L1]
+        self.layer_keys = sorted({k.split(".", 2)[2] for k in small if k.startswith("layers.")})
+        self.depth = nn.ParameterDict(
+            {
+                k.replace(".", "__"): nn.Parameter(stack.clone(), requires_grad=cfg.train_depth)
+                for k in self.layer_keys
+            }
+        )
+        self.top_keys = sorted(k for k in small if not k.startswith("layers."))
+        self._stacked = self._stack(self.small)  # the frozen small layers, stacked once
+
+    def _stack(self, small: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-layer parameters of the small model stacked along a new layer axis: {key: [L1, ...]}."""
+        return {
+            key: torch.stack([small[f"layers.{j}.{key}"] for j in range(self.src.n_layers)])
+            for key in self.layer_keys
+        }
+
+    # -- operator matrices ----------------------------------------------------------------------------
+    def matrix(self, name: str) -> torch.Tensor:
+        """Dense operator [n_new, n_old] for a channel space."""
+        M = self.width[name]
+        if self.head_structured and name in ("q", "k", "v", "o_in"):
+            eye = torch.eye(self.src.dh, device=M.device, dtype=M.dtype)
+            return torch.kron(M, eye)  # kron(H, I_dh): whole heads mix, rotary pairs stay intact
+        return M
+
+    def _widen(
+        self, W: torch.Tensor, role: tuple[str | None, ...], mats: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """W [..., n0(, n1)] -> op0 W op1^T, batched over leading (layer) axes."""
+        nd = len(role)
+        if role[0] is not None:
+            W = torch.matmul(mats[role[0]], W) if nd == 2 else W @ mats[role[0]].t()
+        if nd == 2 and role[1] is not None:
+            W = W @ mats[role[1]].t()
+        return W
+
+    def grow(self, small: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The large model's state dict, computed from ``small`` (default: the stored small weights)."""
+        stacks = self._stacked if small is None else self._stack(small)
+        small = self.small if small is None else small
+        mats = {name: self.matrix(name) for name in self.width}
+        out: dict[str, torch.Tensor] = {}
+        for k in self.top_keys:
+            out[k] = self._widen(small[k], param_role(k, self.tgt), mats)
+        for key in self.layer_keys:
+            stacked = stacks[key]  # [L1, ...]
+            w = self.depth[key.replace(".", "__")]  # [L2, L1]
+            mixed = torch.einsum("ij,j...->i...", w, stacked)  # [L2, ...] depth first: width ops are shared
+            grown = self._widen(mixed, param_role(f"layers.0.{key}", self.tgt), mats)
+            for i in range(self.tgt.n_layers):
+                out[f"layers.{i}.{key}"] = grown[i]
+        return out
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return self.grow()
+
+    def to(self, *args, **kwargs):  # the small weights are plain tensors: move them too
+        super().to(*args, **kwargs)
+        ref = next(iter(self.width.values()))
+        self.small = {k: v.to(ref.device, ref.dtype) for k, v in self.small.items()}
+        self._stacked = {k: v.to(ref.device, ref.dtype) for k, v in self._stacked.items()}
+        return self
+
+    def grow_flops(self) -> float:
+        """FLOPs of one ``grow()``: depth mixing (2 L2 L1 per element) + the width matmuls."""
+        total = 0.0
+        shapes = {n: tuple(self.matrix(n).shape) for n in self.width}
+        L1, L2 = self.src.n_layers, self.tgt.n_layers
+        for key in self.layer_keys + self.top_keys:
+            t = self.small[f"layers.0.{key}"] if key in self.layer_keys else self.small[key]
+            reps = L2 if key in self.layer_keys else 1
+            if key in self.layer_keys:
+                total += 2.0 * L2 * L1 * t.numel()
+            role = param_role(f"layers.0.{key}" if key in self.layer_keys else key, self.tgt)
+            dims = list(t.shape)
+            for axis, op in enumerate(role):
+                if op is None:
+                    continue
+                n_new, n_old = shapes[op]
+                other = math.prod(dims) // dims[axis]
+                total += reps * 2.0 * n_new * n_old * other
+                dims[axis] = n_new
+        return total
+
+
+@torch.no_grad()
+def materialize(op: LigoOperator, model: Transformer | None = None) -> Transformer:
+    """Compute the large weights once and load them into ``model`` (a fresh target model by default)."""
+    model = model if model is not None else Transformer(op.tgt)
+    ref = next(iter(op.width.values()))
+    model.to(ref.device)
+    model.load_state_dict({k: v.detach().clone() for k, v in op.grow().items()}, strict=True)
+    return model

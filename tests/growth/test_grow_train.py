@@ -1,0 +1,207 @@
+"""Growth runs: exact resume across the operator and training phases, bad-input messages."""
+
+import json
+
+import pytest
+import torch
+
+from genai_train.config import ConfigError, load_config
+from growth.data import ByteTokenizer, DataConfig, TextData
+from growth.models import ModelConfig, Transformer, save_hf_folder, target_config
+from growth.train import GrowConfig, run
+
+TEXT = (
+    "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n"
+    * 60
+)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    d = tmp_path / "text"
+    d.mkdir()
+    for i in range(4):
+        (d / f"f{i}.py").write_text(TEXT[i * 7 :] + f"# file {i}\n")
+    return d
+
+
+@pytest.fixture()
+def small_ckpt(tmp_path):
+    cfg = ModelConfig(arch="gpt2", vocab_size=257, n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
+    torch.manual_seed(0)
+    return save_hf_folder(Transformer(cfg), cfg, tmp_path / "small")
+
+
+def _cfg(corpus, small, run_dir, *extra):
+    return load_config(
+        GrowConfig,
+        None,
+        [
+            f"--small={small}",
+            "--target=layers=2,d_model=32,heads=4,ffn=64",
+            f"--data.root={corpus}",
+            "--data.seq_len=16",
+            "--data.batch_size=4",
+            "--data.val_batches=2",
+            "--ligo.steps=4",
+            "--ligo.warmup_steps=1",
+            "--train.steps=4",
+            "--run.log_every=1",
+            "--run.eval_every=0",
+            "--ckpt.every=1",
+            "--run.device=cpu",
+            f"--run.dir={run_dir}",
+            *extra,
+        ],
+    )
+
+
+def _losses(run_dir):
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.parametrize("stop", [2, 6])  # interrupted in the operator phase, then in normal training
+def test_resume_matches_uninterrupted_run(corpus, small_ckpt, tmp_path, stop):
+    full = run(_cfg(corpus, small_ckpt, tmp_path / "full"))
+    run(_cfg(corpus, small_ckpt, tmp_path / "cut"), stop_after=stop)
+    assert max(_losses(tmp_path / "cut")) == stop
+    resumed = run(_cfg(corpus, small_ckpt, tmp_path / "cut"))
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert all(a[s] == b[s] for s in a), (a, b)
+    assert full["val_loss"] == resumed["val_loss"]
+    assert (tmp_path / "full" / "hf" / "model.safetensors").exists()
+
+
+def test_operator_phase_lowers_the_loss_of_the_grown_model(corpus, small_ckpt, tmp_path):
+    cfg = _cfg(
+        corpus,
+        small_ckpt,
+        tmp_path / "r",
+        "--ligo.steps=15",
+        "--ligo.lr=3e-3",
+        "--train.steps=0",
+        "--ckpt.every=0",
+    )
+    run(cfg)
+    rows = [json.loads(s) for s in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert val[-1] < val[0]
+
+
+def test_bad_inputs_have_clear_messages(corpus, small_ckpt, tmp_path):
+    with pytest.raises(ValueError, match="target d_model=8 is smaller than the source's 16"):
+        run(
+            load_config(
+                GrowConfig,
+                None,
+                [
+                    f"--small={small_ckpt}",
+                    "--target=d_model=8",
+                    f"--data.root={corpus}",
+                    f"--run.dir={tmp_path / 'a'}",
+                ],
+            )
+        )
+    with pytest.raises(ValueError, match="target layers=0|n_layers"):
+        run(
+            load_config(
+                GrowConfig,
+                None,
+                [
+                    f"--small={small_ckpt}",
+                    "--target=layers=0",
+                    f"--data.root={corpus}",
+                    f"--run.dir={tmp_path / 'b'}",
+                ],
+            )
+        )
+    with pytest.raises(ValueError, match="heads=5 does not divide d_model=32"):
+        target_config(ModelConfig(d_model=16, n_heads=2), "d_model=32,heads=5")
+    with pytest.raises(ValueError, match="heads=3 does not divide d_model=16"):
+        ModelConfig(d_model=16, n_heads=3)
+    with pytest.raises(ConfigError, match="unknown target key 'layer'.*did you mean 'layers'"):
+        load_config(GrowConfig, None, ["--target=layer=4"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("  \n")
+    with pytest.raises(ValueError, match="is empty: no non-empty files"):
+        TextData(DataConfig(root=str(empty)), ByteTokenizer())
+    with pytest.raises(ValueError, match="pass --small FOLDER"):
+        run(load_config(GrowConfig, None, [f"--data.root={corpus}", f"--run.dir={tmp_path / 'c'}"]))
+    with pytest.raises(ValueError, match="missing ffn, heads"):
+        run(
+            load_config(
+                GrowConfig,
+                None,
+                [
+                    "--method=scratch",
+                    "--target=layers=2,d_model=32",
+                    f"--data.root={corpus}",
+                    f"--run.dir={tmp_path / 'd'}",
+                ],
+            )
+        )
+    with pytest.raises(ValueError, match="config.json is missing"):
+        run(
+            load_config(
+                GrowConfig,
+                None,
+                [f"--small={tmp_path}", f"--data.root={corpus}", f"--run.dir={tmp_path / 'e'}"],
+            )
+        )
+
+
+def test_config_files_load():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).resolve().parents[2].joinpath("configs", "grow").glob("*.yaml")):
+        assert path.read_text().startswith("# config: growth.train:GrowConfig")
+        load_config(GrowConfig, path)
+
+
+def test_bert_mlm_growth_uses_the_checkpoint_tokenizer(corpus, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    words = sorted(set(TEXT.replace("(", " ").replace(")", " ").replace(":", " ").replace(".", " ").split()))
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *words,
+        *"abcdefghijklmnopqrstuvwxyz0123456789,#+=",
+    ]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizer(vocab_file=str(tmp_path / "vocab.txt"))
+    tok.save_pretrained(tmp_path / "tok")
+    cfg = ModelConfig(
+        arch="bert", vocab_size=len(tok), n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32
+    )
+    torch.manual_seed(0)
+    small = save_hf_folder(Transformer(cfg), cfg, tmp_path / "bert_small", tokenizer_from=tmp_path / "tok")
+    out = run(
+        load_config(
+            GrowConfig,
+            None,
+            [
+                f"--small={small}",
+                "--target=layers=2,d_model=32,heads=4,ffn=64",
+                f"--data.root={corpus}",
+                "--data.seq_len=16",
+                "--data.batch_size=4",
+                "--data.val_batches=1",
+                "--ligo.steps=2",
+                "--ligo.warmup_steps=1",
+                "--train.steps=2",
+                "--run.device=cpu",
+                f"--run.dir={tmp_path / 'run'}",
+            ],
+        )
+    )
+    assert out["target"]["d_model"] == 32 and out["val_loss"] < 10
+    grown = tmp_path / "run" / "hf"
+    assert transformers.AutoTokenizer.from_pretrained(grown).get_vocab() == tok.get_vocab()
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(grown)
+    assert hf.config.hidden_size == 32 and hf.config.num_hidden_layers == 2
