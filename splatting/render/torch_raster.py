@@ -1,0 +1,375 @@
+"""A differentiable tile rasterizer for 3D Gaussians in pure PyTorch (CPU, CUDA, MPS).
+
+3D Gaussian Splatting for Real-Time Radiance Field Rendering, https://arxiv.org/abs/2308.04079, with the
+"classic" math of gsplat (https://arxiv.org/abs/2409.06765):
+
+1. EWA projection: Sigma_2D = J W Sigma W^T J^T + eps2d I, J the perspective Jacobian at the (frustum-
+   clamped) camera-space mean; conic = Sigma_2D^-1 stored as (a, b, c) = (inv00, inv01, inv11).
+2. Extent: radius per axis = ceil(k * sqrt(Sigma_2D[ii])) with k = 3.33 (gsplat 1.5); a Gaussian touches the
+   tiles its box overlaps; off-screen, behind-near-plane or degenerate Gaussians get radius 0.
+3. Per pixel p (centre at +0.5), Gaussians sorted front to back:
+   sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, alpha = min(alpha_max, o exp(-sigma)), skipped when
+   sigma < 0 or alpha < 1/255; compositing stops before the Gaussian that would bring the transmittance
+   T to <= 1e-4; C = sum_i c_i alpha_i T_i + T_final * background.
+
+Everything is vectorized: the tile intersections are generated with ``repeat_interleave``, sorted once by
+(tile, depth); tiles are grouped by how many Gaussians they hold, so each chunk is a dense
+[tiles, K, pixels] block with little padding, and ``cumprod`` along K gives every pixel's transmittance.
+The compositing backward is analytic and recomputes each chunk's fragments instead of storing them, so
+memory stays bounded by ``chunk_elems`` in both passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from splatting.render.sh import sh_to_color
+
+__all__ = ["RasterSettings", "DEFAULT_SETTINGS", "quat_to_rotmat", "covariance_3d", "project_ewa", "isect_tiles",
+           "rasterize_to_pixels", "rasterize", "tile_bounds"]
+
+
+@dataclass(frozen=True)
+class RasterSettings:
+    """Numerical constants of the classic rasterizer (gsplat 1.5 defaults)."""
+
+    eps2d: float = 0.3
+    near_plane: float = 0.01
+    far_plane: float = 1e10
+    radius_sigmas: float = 3.33
+    alpha_min: float = 1.0 / 255.0
+    alpha_max: float = 0.999
+    transmittance_min: float = 1e-4
+    tile_size: int = 16
+    chunk_elems: int = 1 << 22  # fragments (tile x Gaussian slot x pixel) held at once
+    k_block: int = 32  # depth slots composited per step; a chunk stops once all its pixels are saturated
+    pad_ratio: float = 0.75  # tiles share a chunk only if they hold >= this fraction of its fullest tile's count
+
+
+DEFAULT_SETTINGS = RasterSettings()
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Unit rotation from a (not necessarily normalized) wxyz quaternion. [..., 4] -> [..., 3, 3]."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
+
+
+def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
+    """Sigma = R S S^T R^T (paper Eq. 6). quats [N, 4], scales [N, 3] (linear) -> [N, 3, 3]."""
+    m = quat_to_rotmat(quats) * scales[..., None, :]  # R S
+    return m @ m.transpose(-1, -2)
+
+
+def project_ewa(means: Tensor, covars: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int,
+                settings: RasterSettings = DEFAULT_SETTINGS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EWA splatting of 3-D Gaussians into C pinhole views (Zwicker et al. 2002; paper Eq. 5).
+
+    means [N, 3], covars [N, 3, 3], viewmats [C, 4, 4] world->camera, Ks [C, 3, 3].
+    Returns means2d [C, N, 2] (pixels), conics [C, N, 3], depths [C, N], radii [C, N, 2] (int32, 0 = culled).
+    """
+    rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    means_c = torch.einsum("cij,nj->cni", rot, means) + trans[:, None, :]  # [C, N, 3]
+    covars_c = torch.einsum("cij,njk,clk->cnil", rot, covars, rot)  # [C, N, 3, 3]
+    tx, ty, tz = means_c.unbind(-1)  # [C, N]
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C, 1]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    # Clamp the point used for the Jacobian to 1.3x the field of view (gsplat / INRIA).
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    ux = tz * torch.clamp(tx / tz, min=-(cx / fx + 0.3 * tan_x), max=(width - cx) / fx + 0.3 * tan_x)
+    uy = tz * torch.clamp(ty / tz, min=-(cy / fy + 0.3 * tan_y), max=(height - cy) / fy + 0.3 * tan_y)
+    zero = torch.zeros_like(tz)
+    jac = torch.stack([fx / tz, zero, -fx * ux / tz**2, zero, fy / tz, -fy * uy / tz**2], dim=-1)
+    jac = jac.reshape(tz.shape + (2, 3))  # [C, N, 2, 3]
+    cov2d = jac @ covars_c @ jac.transpose(-1, -2)  # [C, N, 2, 2]
+    means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], dim=-1)  # [C, N, 2]
+
+    a = cov2d[..., 0, 0] + settings.eps2d
+    c = cov2d[..., 1, 1] + settings.eps2d
+    b = 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0])
+    det = (a * c - b * b).clamp(min=1e-10)
+    conics = torch.stack([c / det, -b / det, a / det], dim=-1)  # [C, N, 3]
+
+    with torch.no_grad():
+        radii = torch.stack([torch.ceil(settings.radius_sigmas * a.sqrt()),
+                             torch.ceil(settings.radius_sigmas * c.sqrt())], dim=-1)  # [C, N, 2]
+        valid = (a * c - b * b > 0) & (tz > settings.near_plane) & (tz < settings.far_plane)
+        inside = ((means2d[..., 0] + radii[..., 0] > 0) & (means2d[..., 0] - radii[..., 0] < width)
+                  & (means2d[..., 1] + radii[..., 1] > 0) & (means2d[..., 1] - radii[..., 1] < height))
+        keep = valid & inside & torch.isfinite(radii).all(-1)
+        radii = torch.where(keep[..., None], radii, torch.zeros_like(radii)).int()
+    return means2d, conics, tz, radii
+
+
+def tile_bounds(means2d: Tensor, radii: Tensor, tile_size: int, tiles_x: int, tiles_y: int
+                ) -> tuple[Tensor, Tensor]:
+    """Inclusive-exclusive tile rectangle [min, max) each Gaussian overlaps. [..., 2] -> two [..., 2] int64."""
+    tm = means2d.detach() / tile_size
+    tr = radii.to(tm.dtype) / tile_size
+    lim = torch.tensor([tiles_x, tiles_y], device=means2d.device)
+    lo = torch.minimum(torch.floor(tm - tr).long().clamp(min=0), lim)
+    hi = torch.minimum(torch.ceil(tm + tr).long().clamp(min=0), lim)
+    return lo, hi
+
+
+@torch.no_grad()
+def binning_radii(conics: Tensor, opacities: Tensor, radii: Tensor, settings: RasterSettings) -> Tensor:
+    """Per-axis extent beyond which alpha < alpha_min for this Gaussian's opacity; never above ``radii``.
+
+    alpha = o exp(-sigma) < alpha_min  <=>  sigma > ln(o / alpha_min) =: s, and the ellipse sigma = s spans
+    sqrt(2 s Sigma_ii) along axis i (Sigma_2D recovered from the conic). Fragments it drops would be
+    skipped by the alpha test anyway, so images and gradients are unchanged; only less work is done.
+    """
+    a, b, c = conics.detach().unbind(-1)
+    det = (a * c - b * b).clamp_min(1e-30)
+    s = torch.log(opacities.detach().clamp_min(1e-30) / settings.alpha_min).clamp_min(0.0)  # [N]
+    ext = torch.stack([torch.sqrt(2 * s * c / det), torch.sqrt(2 * s * a / det)], dim=-1)  # [N, 2]
+    ext = torch.ceil(ext).clamp_max(radii.to(ext.dtype))
+    return torch.where((s > 0)[:, None] & (radii > 0), ext, torch.zeros_like(ext)).int()
+
+
+@torch.no_grad()
+def isect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tiles_x: int, tiles_y: int
+                ) -> tuple[Tensor, Tensor]:
+    """All (tile, Gaussian) pairs of one view, sorted by tile then depth; no loop over Gaussians.
+
+    means2d [N, 2], radii [N, 2], depths [N] -> (tile_ids [M], gauss_ids [M]) int64.
+    """
+    n = means2d.shape[0]
+    device = means2d.device
+    lo, hi = tile_bounds(means2d, radii, tile_size, tiles_x, tiles_y)
+    span = (hi - lo).clamp(min=0)  # [N, 2]
+    counts = span[:, 0] * span[:, 1] * (radii > 0).all(-1)  # [N]
+    gid = torch.repeat_interleave(torch.arange(n, device=device), counts)  # [M]
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(gid.shape[0], device=device) - starts[gid]
+    w = span[gid, 0]
+    tx = lo[gid, 0] + local % w
+    ty = lo[gid, 1] + local // w
+    tile = ty * tiles_x + tx
+    # Sort key = tile * N + depth rank: one int64 sort gives tile-major, front-to-back order.
+    rank = torch.empty(n, dtype=torch.long, device=device)
+    rank[torch.argsort(depths.detach(), stable=True)] = torch.arange(n, device=device)
+    order = torch.argsort(tile * n + rank[gid])
+    return tile[order], gid[order]
+
+
+def _block_alpha(pix: Tensor, gids: Tensor, slot_ok: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
+                 alpha_min: float, alpha_max: float):
+    """Fragments of K' depth slots of B tiles: dx, dy, exp(-sigma), raw alpha, kept alpha, all [B, K', P]."""
+    m = means2d[gids]  # [B, K', 2]
+    con = conics[gids]  # [B, K', 3]
+    dx = pix[:, None, :, 0] - m[..., 0, None]  # [B, K', P]
+    dy = pix[:, None, :, 1] - m[..., 1, None]
+    sigma = 0.5 * (con[..., 0, None] * dx * dx + con[..., 2, None] * dy * dy) + con[..., 1, None] * dx * dy
+    gauss = torch.exp(-sigma)
+    raw = opacities[gids][..., None] * gauss
+    alpha = torch.clamp_max(raw, alpha_max)
+    keep = slot_ok[..., None] & (sigma >= 0) & (alpha >= alpha_min)
+    return dx, dy, gauss, raw, torch.where(keep, alpha, torch.zeros_like(alpha))
+
+
+def _march(alpha: Tensor, t_raw: Tensor, t_used: Tensor, t_min: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Apply early termination to a block and advance the transmittances.
+
+    ``t_raw`` multiplies every kept fragment (also the one that ends the pixel), so once it drops to t_min
+    every later fragment is dropped, as the sequential kernel's ``break`` does; ``t_used`` multiplies only
+    the fragments composited. Returns (alpha, inclusive T [B, K', P], new t_raw, new t_used).
+    """
+    t_incl_raw = t_raw[:, None, :] * torch.cumprod(1.0 - alpha, dim=1)
+    alpha = torch.where(t_incl_raw > t_min, alpha, torch.zeros_like(alpha))
+    t_incl = t_used[:, None, :] * torch.cumprod(1.0 - alpha, dim=1)
+    return alpha, t_incl, t_incl_raw[:, -1, :], t_incl[:, -1, :]
+
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of B tiles, K depth slots each, in blocks of ``k_block`` slots that stop as
+    soon as every pixel of the chunk is saturated (T <= t_min); analytic backward, nothing stored per fragment.
+
+    C_p = sum_k alpha_k T_k c_k + T_K bg, T_k = prod_{i<k} (1 - alpha_i). With q_k = alpha_k T_k (c_k . g_p),
+    g_p = dL/dC_p, ga_p = dL/d(1 - T_K), the suffix S_k = sum_{j>k} q_j + T_K (bg . g_p) = C_p . g_p -
+    sum_{j<=k} q_j is a running prefix, so the backward also walks front to back:
+    dL/dalpha_k = T_k (c_k . g_p) - (S_k - T_K ga_p) / (1 - alpha_k); then alpha = o exp(-sigma) (zero gradient
+    where clamped or skipped) and sigma's partials in the conic (a, b, c) and the mean give the rest.
+    """
+
+    @staticmethod
+    def forward(ctx, pix, gids, slot_ok, means2d, conics, opacities, colors, background, alpha_min, alpha_max,
+                t_min, k_block):
+        n_tiles, k_total = gids.shape
+        n_pix = pix.shape[1]
+        t_raw = torch.ones(n_tiles, n_pix, dtype=pix.dtype, device=pix.device)
+        t_used = t_raw.clone()
+        color = torch.zeros(n_tiles, n_pix, colors.shape[-1], dtype=pix.dtype, device=pix.device)
+        k_end = 0
+        with torch.no_grad():
+            for k0 in range(0, k_total, k_block):
+                g = gids[:, k0:k0 + k_block]
+                *_, alpha = _block_alpha(pix, g, slot_ok[:, k0:k0 + k_block], means2d, conics, opacities,
+                                         alpha_min, alpha_max)
+                alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
+                weights = alpha * (t_incl / (1.0 - alpha))  # alpha_k T_k
+                color += torch.einsum("bkp,bkd->bpd", weights, colors[g])
+                t_used = t_next
+                k_end = k0 + k_block
+                if bool((t_raw <= t_min).all()):
+                    break
+            out = color + t_used[..., None] * background
+        ctx.save_for_backward(pix, gids, slot_ok, means2d, conics, opacities, colors, background, out, t_used)
+        ctx.consts = (alpha_min, alpha_max, t_min, k_block, k_end)
+        return out, 1.0 - t_used
+
+    @staticmethod
+    def backward(ctx, g_color, g_alpha):
+        pix, gids, slot_ok, means2d, conics, opacities, colors, background, out, t_final = ctx.saved_tensors
+        alpha_min, alpha_max, t_min, k_block, k_end = ctx.consts
+        d = colors.shape[-1]
+        need_m, need_c, need_o, need_col, need_bg = (ctx.needs_input_grad[i] for i in (3, 4, 5, 6, 7))
+        g_means = torch.zeros_like(means2d) if need_m else None
+        g_conics = torch.zeros_like(conics) if need_c else None
+        g_opac = torch.zeros_like(opacities) if need_o else None
+        g_colors = torch.zeros_like(colors) if need_col else None
+        cg_total = (out * g_color).sum(-1)  # C_p . g_p  [B, P]
+        t_raw = torch.ones_like(t_final)
+        t_used = torch.ones_like(t_final)
+        q_prefix = torch.zeros_like(t_final)
+        for k0 in range(0, k_end, k_block):
+            g = gids[:, k0:k0 + k_block]
+            dx, dy, gauss, raw, alpha = _block_alpha(pix, g, slot_ok[:, k0:k0 + k_block], means2d, conics,
+                                                     opacities, alpha_min, alpha_max)
+            alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
+            one_minus = 1.0 - alpha
+            t_excl = t_incl / one_minus  # T_k
+            cg = torch.einsum("bkd,bpd->bkp", colors[g], g_color)  # c_k . g_p
+            w = alpha * t_excl
+            q_incl = q_prefix[:, None, :] + torch.cumsum(w * cg, dim=1)
+            suffix = cg_total[:, None, :] - q_incl  # S_k
+            d_alpha = t_excl * cg - (suffix - (t_final * g_alpha)[:, None, :]) / one_minus
+            d_alpha = torch.where((alpha > 0) & (raw < alpha_max), d_alpha, torch.zeros_like(d_alpha))
+            flat = g.reshape(-1)
+            if need_col:
+                g_colors.index_add_(0, flat, torch.einsum("bkp,bpd->bkd", w, g_color).reshape(-1, d))
+            if need_o:
+                g_opac.index_add_(0, flat, (d_alpha * gauss).sum(-1).reshape(-1))
+            if need_m or need_c:
+                d_sigma = -d_alpha * raw  # [B, K', P]
+                con = conics[g]
+                a, b, c = con[..., 0, None], con[..., 1, None], con[..., 2, None]
+                if need_c:
+                    g_conics.index_add_(0, flat, torch.stack(
+                        [(0.5 * d_sigma * dx * dx).sum(-1), (d_sigma * dx * dy).sum(-1),
+                         (0.5 * d_sigma * dy * dy).sum(-1)], dim=-1).reshape(-1, 3))
+                if need_m:  # d sigma / d mean = -(d sigma / d (dx, dy))
+                    g_means.index_add_(0, flat, torch.stack(
+                        [-(d_sigma * (a * dx + b * dy)).sum(-1), -(d_sigma * (c * dy + b * dx)).sum(-1)],
+                        dim=-1).reshape(-1, 2))
+            q_prefix = q_incl[:, -1, :]
+            t_used = t_next
+        g_bg = (t_final[..., None] * g_color).sum((0, 1)) if need_bg else None
+        return None, None, None, g_means, g_conics, g_opac, g_colors, g_bg, None, None, None, None
+
+
+def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, radii: Tensor,
+                        depths: Tensor, width: int, height: int, background: Tensor | None = None,
+                        settings: RasterSettings = DEFAULT_SETTINGS) -> tuple[Tensor, Tensor, int]:
+    """Rasterize one view. [N, 2], [N, 3], [N], [N, D], [N, 2], [N] -> image [H, W, D], alpha [H, W, 1], M."""
+    ts = settings.tile_size
+    tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
+    n_tiles, n_pix = tiles_x * tiles_y, ts * ts
+    device, dtype, d = means2d.device, means2d.dtype, colors.shape[-1]
+    bg = background if background is not None else torch.zeros(d, device=device, dtype=dtype)
+
+    tile_of, gauss_of = isect_tiles(means2d, binning_radii(conics, opacities, radii, settings), depths, ts,
+                                    tiles_x, tiles_y)
+    counts = torch.bincount(tile_of, minlength=n_tiles)  # [T]
+    offsets = torch.cumsum(counts, 0) - counts
+    order = torch.argsort(counts, descending=True, stable=True)  # fullest tiles first
+    counts_sorted = counts[order].tolist()
+    n_busy = sum(1 for c in counts_sorted if c > 0)
+
+    ly, lx = torch.meshgrid(torch.arange(ts, device=device), torch.arange(ts, device=device), indexing="ij")
+    local = torch.stack([lx.reshape(-1), ly.reshape(-1)], dim=-1).to(dtype) + 0.5  # [P, 2]
+
+    outs_c, outs_a = [], []
+    start = 0
+    while start < n_busy:
+        k = counts_sorted[start]
+        b = max(1, min(n_busy - start, settings.chunk_elems // max(1, min(k, settings.k_block) * n_pix)))
+        # cap the padding: a chunk holds only tiles with at least ``pad_ratio`` of its first tile's count
+        floor = k * settings.pad_ratio
+        while b > 1 and counts_sorted[start + b - 1] < floor:
+            b = max(1, b // 2) if counts_sorted[start + b // 2] < floor else b - 1
+        tiles = order[start:start + b]  # [B]
+        slots = torch.arange(k, device=device)
+        slot_ok = slots[None, :] < counts[tiles][:, None]  # [B, K]
+        idx = (offsets[tiles][:, None] + slots[None, :]).clamp(max=max(tile_of.shape[0] - 1, 0))
+        gids = torch.where(slot_ok, gauss_of[idx], torch.zeros_like(idx))
+        origin = torch.stack([tiles % tiles_x, tiles // tiles_x], dim=-1).to(dtype) * ts  # [B, 2]
+        pix = origin[:, None, :] + local[None]  # [B, P, 2]
+        args = (pix, gids, slot_ok, means2d, conics, opacities, colors, bg,
+                settings.alpha_min, settings.alpha_max, settings.transmittance_min, settings.k_block)
+        col, alp = _Composite.apply(*args)
+        outs_c.append(col)
+        outs_a.append(alp)
+        start += b
+    n_idle = n_tiles - n_busy
+    if n_idle:
+        outs_c.append(bg.expand(n_idle, n_pix, d))
+        outs_a.append(torch.zeros(n_idle, n_pix, device=device, dtype=dtype))
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(n_tiles, device=device)
+    tile_c = torch.cat(outs_c, 0)[inv]  # [T, P, D] in tile order
+    tile_a = torch.cat(outs_a, 0)[inv]  # [T, P]
+
+    def untile(x: Tensor) -> Tensor:  # [T, P, D'] -> [H, W, D']
+        x = x.reshape(tiles_y, tiles_x, ts, ts, -1).permute(0, 2, 1, 3, 4)
+        return x.reshape(tiles_y * ts, tiles_x * ts, -1)[:height, :width]
+
+    return untile(tile_c), untile(tile_a[..., None]), int(tile_of.shape[0])
+
+
+def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+              viewmats: Tensor, Ks: Tensor, width: int, height: int, sh_degree: int | None = None,
+              backgrounds: Tensor | None = None, settings: RasterSettings = DEFAULT_SETTINGS
+              ) -> tuple[Tensor, Tensor, dict]:
+    """Render C views of N Gaussians (gsplat's ``rasterization`` signature, classic mode, unpacked).
+
+    means [N, 3], quats [N, 4] wxyz, scales [N, 3] (linear), opacities [N] in (0, 1),
+    colors [N, D] or SH coefficients [N, K, 3] with ``sh_degree``, viewmats [C, 4, 4], Ks [C, 3, 3],
+    backgrounds [C, D] or None (black).
+    Returns images [C, H, W, D], alphas [C, H, W, 1] and ``info`` with the graph tensors a densification
+    strategy needs: means2d [C, N, 2], conics [C, N, 3], opacities [C, N] (call ``retain_grad`` on them
+    before backward), radii [C, N, 2], depths [C, N], width, height, n_cameras, tile_size, n_isects.
+    """
+    n_cams = viewmats.shape[0]
+    covars = covariance_3d(quats, scales)
+    means2d, conics, depths, radii = project_ewa(means, covars, viewmats, Ks, width, height, settings)
+    view_opac = opacities[None, :].repeat(n_cams, 1)  # [C, N] per-view opacities (own node in the graph)
+    if sh_degree is not None:
+        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+        dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
+        view_colors = torch.clamp_min(sh_to_color(sh_degree, dirs, colors[None].expand(n_cams, -1, -1, -1))
+                                      + 0.5, 0.0)  # [C, N, 3]
+    else:
+        view_colors = colors[None].expand(n_cams, -1, -1)
+    images, alphas, n_isects = [], [], 0
+    for c in range(n_cams):  # views are few; Gaussians and pixels are vectorized
+        bg = backgrounds[c] if backgrounds is not None else None
+        img, alp, m = rasterize_to_pixels(means2d[c], conics[c], view_opac[c], view_colors[c], radii[c],
+                                          depths[c], width, height, bg, settings)
+        images.append(img)
+        alphas.append(alp)
+        n_isects += m
+    info = {"means2d": means2d, "conics": conics, "opacities": view_opac, "radii": radii, "depths": depths,
+            "width": width, "height": height, "n_cameras": n_cams, "tile_size": settings.tile_size,
+            "n_isects": n_isects}
+    return torch.stack(images), torch.stack(alphas), info

@@ -1,0 +1,101 @@
+"""Operations that change the number of Gaussians while keeping optimizer state and strategy state aligned.
+
+Every op rewrites, for each parameter key, the Parameter, the Adam moments of its optimizer (new rows
+start at zero) and every per-Gaussian tensor in the strategy ``state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from splatting.render.torch_raster import quat_to_rotmat
+
+__all__ = ["update_params", "duplicate", "split", "remove", "reset_opacity"]
+
+
+def update_params(params: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Optimizer],
+                  param_fn: Callable[[str, Tensor], Tensor], opt_fn: Callable[[str, Tensor], Tensor],
+                  names: list[str] | None = None) -> None:
+    """Replace ``params[k]`` by ``param_fn(k, old)`` and each optimizer moment ``v`` by ``opt_fn(k, v)``."""
+    for name in names if names is not None else list(params.keys()):
+        old = params[name]
+        new = torch.nn.Parameter(param_fn(name, old.detach()), requires_grad=old.requires_grad)
+        opt = optimizers.get(name)
+        if opt is not None:
+            group = opt.param_groups[0]
+            st = opt.state.pop(old, None)
+            if st:
+                for key, v in list(st.items()):
+                    if key != "step" and isinstance(v, Tensor) and v.shape == old.shape:
+                        st[key] = opt_fn(key, v)
+                opt.state[new] = st
+            group["params"] = [new]
+        params[name] = new
+
+
+def _update_state(state: dict, fn: Callable[[Tensor], Tensor], n_old: int) -> None:
+    for k, v in state.items():
+        if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n_old:
+            state[k] = fn(v)
+
+
+@torch.no_grad()
+def duplicate(params, optimizers, state: dict, mask: Tensor) -> None:
+    """Clone the Gaussians in ``mask`` [N] (ADC "clone" for small, under-reconstructed ones)."""
+    sel = torch.where(mask)[0]
+    n = mask.shape[0]
+    update_params(params, optimizers, lambda _, p: torch.cat([p, p[sel]]),
+                  lambda _, v: torch.cat([v, torch.zeros_like(v[sel])]))
+    _update_state(state, lambda v: torch.cat([v, v[sel]]), n)
+
+
+@torch.no_grad()
+def split(params, optimizers, state: dict, mask: Tensor, revised_opacity: bool = False,
+          generator: torch.Generator | None = None) -> None:
+    """Replace each Gaussian in ``mask`` by two children sampled from it, scales / 1.6 (paper Sec. 5.2).
+
+    ``revised_opacity`` gives each child 1 - sqrt(1 - o) (Rota Bulo et al. 2024) instead of o.
+    """
+    sel, rest = torch.where(mask)[0], torch.where(~mask)[0]
+    n = mask.shape[0]
+    scales = torch.exp(params["scales"][sel])  # [S, 3]
+    rot = quat_to_rotmat(params["quats"][sel])  # [S, 3, 3]
+    noise = torch.randn(2, len(sel), 3, generator=generator, device=scales.device, dtype=scales.dtype)
+    offsets = torch.einsum("nij,nj,bnj->bni", rot, scales, noise)  # [2, S, 3]
+
+    def param_fn(name: str, p: Tensor) -> Tensor:
+        if name == "means":
+            child = (p[sel][None] + offsets).reshape(-1, 3)
+        elif name == "scales":
+            child = torch.log(scales / 1.6).repeat(2, 1)
+        elif name == "opacities" and revised_opacity:
+            o = torch.sigmoid(p[sel])
+            child = torch.logit(1.0 - torch.sqrt(1.0 - o)).repeat(2)
+        else:
+            child = p[sel].repeat(2, *([1] * (p.ndim - 1)))
+        return torch.cat([p[rest], child])
+
+    update_params(params, optimizers, param_fn,
+                  lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype,
+                                                               device=v.device)]))
+    _update_state(state, lambda v: torch.cat([v[rest], v[sel].repeat(2, *([1] * (v.ndim - 1)))]), n)
+
+
+@torch.no_grad()
+def remove(params, optimizers, state: dict, mask: Tensor) -> None:
+    """Delete the Gaussians in ``mask`` [N]."""
+    keep = torch.where(~mask)[0]
+    n = mask.shape[0]
+    update_params(params, optimizers, lambda _, p: p[keep], lambda _, v: v[keep])
+    _update_state(state, lambda v: v[keep], n)
+
+
+@torch.no_grad()
+def reset_opacity(params, optimizers, value: float) -> None:
+    """Clamp every opacity to at most ``value`` and zero its Adam moments (paper Sec. 5.2)."""
+    cap = torch.logit(torch.tensor(value)).item()
+    update_params(params, optimizers, lambda _, p: torch.clamp_max(p, cap), lambda _, v: torch.zeros_like(v),
+                  names=["opacities"])

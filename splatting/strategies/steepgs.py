@@ -1,0 +1,211 @@
+"""SteepGS: steepest-descent density control for 3D Gaussian Splatting.
+
+Wang et al., "Steepest Descent Density Control for Compact 3D Gaussian Splatting" (CVPR 2025),
+https://arxiv.org/abs/2505.05587. A Gaussian whose splitting matrix S (the expected loss gradient times the
+Hessian of its contribution with respect to its position) has a negative eigenvalue sits at a saddle point:
+splitting it into two children at +-v_min (the eigenvector of the smallest eigenvalue), each with half the
+opacity, lowers the loss where moving the parent cannot. Everything else densifies nothing.
+
+This module holds the math as small pure functions. The exact 2x2 screen-space matrix follows from ordinary
+gradients of the loss with respect to each Gaussian's per-view conic and opacity (no custom kernel):
+
+    S2D = C M C - a C,   M = -2 dL/dC (symmetric 2x2),   a = o dL/do            (ALGORITHMS.md section 2)
+
+and it is lifted to 3-D with the projection Jacobian J (2x3): S3D += J^T S2D J.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from splatting.render.torch_raster import covariance_3d
+from splatting.strategies import ops
+from splatting.strategies.adc import ADCStrategy, _cap
+
+__all__ = [
+    "SteepGSStrategy",
+    "steepest_split",
+    "conic_matrix",
+    "conic_grad_matrix",
+    "splitting_matrix_2d",
+    "projection_jacobian",
+    "lift_splitting_matrix",
+    "inv_cov_splitting_matrix",
+    "smallest_eigen",
+]
+
+
+def conic_matrix(conics: Tensor) -> Tensor:
+    """Packed conics (a, b, c), quadratic form a dx^2 + 2 b dx dy + c dy^2 -> symmetric [..., 2, 2]."""
+    a, b, c = conics.unbind(-1)
+    return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2)
+
+
+def conic_grad_matrix(grad_conics: Tensor) -> Tensor:
+    """dL/d(a, b, c) -> dL/dC as a symmetric 2x2: b appears in C twice, so dL/dC_01 = dL/db / 2."""
+    ga, gb, gc = grad_conics.unbind(-1)
+    return conic_matrix(torch.stack([ga, gb / 2, gc], -1))
+
+
+def splitting_matrix_2d(conics: Tensor, grad_conics: Tensor, opacities: Tensor, grad_opacities: Tensor) -> Tensor:
+    """Exact screen-space splitting matrix of each Gaussian in one view.
+
+    With alpha_i(x) = o_i G_i(x), G_i = exp(-d^T C d / 2), d = x - m_i, the Hessian in m_i is
+    alpha_i (C d d^T C - C), so sum_x dL/dalpha alpha_i (C d d^T C - C) = C M C - a C with
+    M = sum_x dL/dalpha alpha_i d d^T = -2 dL/dC and a = sum_x dL/dalpha alpha_i = o_i dL/do_i.
+
+    conics, grad_conics: [..., 3]; opacities, grad_opacities: [...] -> [..., 2, 2]
+    """
+    C = conic_matrix(conics)  # [..., 2, 2]
+    M = -2.0 * conic_grad_matrix(grad_conics)  # [..., 2, 2]
+    a = (opacities * grad_opacities)[..., None, None]
+    return C @ M @ C - a * C
+
+
+def projection_jacobian(means_cam: Tensor, fx: Tensor | float, fy: Tensor | float, R: Tensor) -> Tensor:
+    """d(pixel)/d(world position) of a pinhole camera, [..., N, 2, 3].
+
+    means_cam: [..., N, 3] camera-space points t = R p + T; fx, fy broadcast against [..., N];
+    R: [..., 1, 3, 3] (or [3, 3]) world-to-camera rotation.
+    du/dt = [[fx/tz, 0, -fx tx/tz^2], [0, fy/tz, -fy ty/tz^2]], du/dp = du/dt R.
+    """
+    tx, ty, tz = means_cam.unbind(-1)
+    z = torch.zeros_like(tz)
+    J = torch.stack([
+        torch.stack([fx / tz, z, -fx * tx / tz**2], -1),
+        torch.stack([z, fy / tz, -fy * ty / tz**2], -1),
+    ], -2)  # [N, 2, 3]
+    return J @ R
+
+
+def lift_splitting_matrix(S2d: Tensor, J: Tensor) -> Tensor:
+    """J^T S2D J: [N, 2, 2], [N, 2, 3] -> [N, 3, 3] (drops the projection's curvature, as the paper does)."""
+    return J.transpose(-1, -2) @ S2d @ J
+
+
+def inv_cov_splitting_matrix(grad_opacities: Tensor, opacities: Tensor, cov3d: Tensor) -> Tensor:
+    """The official code's cheap estimator: S ~ (o dL/do) Sigma^{-1} (3-D inverse covariance).
+
+    Its smallest eigenvalue is negative iff o dL/do < 0, and then v_min is the Gaussian's shortest axis.
+    grad_opacities, opacities: [N]; cov3d: [N, 3, 3] -> [N, 3, 3]
+    """
+    return (opacities * grad_opacities)[:, None, None] * torch.linalg.inv(cov3d)
+
+
+def smallest_eigen(S: Tensor) -> tuple[Tensor, Tensor]:
+    """Smallest eigenvalue [N] and its unit eigenvector [N, 3] of symmetric matrices [N, 3, 3]."""
+    S = 0.5 * (S + S.transpose(-1, -2))
+    vals, vecs = torch.linalg.eigh(S)  # ascending
+    return vals[:, 0], vecs[:, :, 0]
+
+
+@torch.no_grad()
+def steepest_split(params, optimizers, state: dict, mask: Tensor, directions: Tensor, halve_opacity: bool = True,
+                   generator: torch.Generator | None = None) -> None:
+    """Replace each Gaussian in ``mask`` [N] by two children at p +- v ||eps||, eps ~ N(0, diag(s)).
+
+    ``directions`` [N, 3] are unit vectors (v_min); the step length is drawn independently per child, as in
+    the official code. Children: scales / 1.6, opacity halved (paper) unless ``halve_opacity`` is off, other
+    attributes copied; their optimizer rows start at zero and strategy-state rows are copied from the parent.
+    """
+    sel, rest = torch.where(mask)[0], torch.where(~mask)[0]
+    n = mask.shape[0]
+    scales = torch.exp(params["scales"][sel])  # [S, 3]
+    eps = torch.randn(2, len(sel), 3, generator=generator, device=scales.device, dtype=scales.dtype) * scales
+    sign = torch.tensor([1.0, -1.0], device=scales.device, dtype=scales.dtype)[:, None, None]
+    offsets = sign * directions[sel][None] * eps.norm(dim=-1, keepdim=True)  # [2, S, 3]
+
+    def param_fn(name: str, p: Tensor) -> Tensor:
+        if name == "means":
+            child = (p[sel][None] + offsets).reshape(-1, 3)
+        elif name == "scales":
+            child = torch.log(scales / 1.6).repeat(2, 1)
+        elif name == "opacities" and halve_opacity:
+            child = torch.logit(0.5 * torch.sigmoid(p[sel])).repeat(2)
+        else:
+            child = p[sel].repeat(2, *([1] * (p.ndim - 1)))
+        return torch.cat([p[rest], child])
+
+    ops.update_params(params, optimizers, param_fn,
+                      lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype,
+                                                                   device=v.device)]))
+    ops._update_state(state, lambda v: torch.cat([v[rest], v[sel].repeat(2, *([1] * (v.ndim - 1)))]), n)
+
+
+@dataclass
+class SteepGSStrategy(ADCStrategy):
+    """SteepGS densification: split only Gaussians at saddle points, once, along v_min, at half opacity.
+
+    Pruning, opacity reset and the schedule are ADC's (inherited), so a comparison isolates densification.
+    Needs ``info`` from the renderer with conics [C, N, 3], opacities [C, N], depths, viewmats [C, 4, 4] and
+    Ks [C, 3, 3]; both renderers provide them.
+    """
+
+    estimator: Literal["exact", "inv_cov"] = field(
+        default="exact", metadata={"help": "exact: S from conic/opacity gradients; inv_cov: the official code's"})
+    split_threshold: float = field(
+        default=-1e-6, metadata={"help": "split candidates need lambda_min(S) below this (negative)"})
+    halve_opacity: bool = field(default=True, metadata={"help": "children get half the parent's opacity (paper)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.estimator not in ("exact", "inv_cov"):
+            raise ValueError(f"strategy.estimator={self.estimator!r}; choose exact or inv_cov")
+        if not self.split_threshold < 0:
+            raise ValueError(f"strategy.split_threshold must be negative, got {self.split_threshold}")
+
+    def initialize_state(self, scene_scale: float = 1.0) -> dict:
+        return {**super().initialize_state(scene_scale), "S": None}
+
+    def step_pre_backward(self, params, optimizers, state: dict, step: int, info: dict) -> None:
+        super().step_pre_backward(params, optimizers, state, step, info)
+        info["opacities"].retain_grad()
+        if self.estimator == "exact":
+            info["conics"].retain_grad()
+
+    def view_splitting_matrices(self, params, info: dict) -> Tensor:
+        """Per-view 3x3 splitting matrices of every Gaussian, [C, N, 3, 3]."""
+        opac, g_opac = info["opacities"].detach(), info["opacities"].grad  # [C, N]
+        if g_opac is None:
+            raise RuntimeError("opacities have no gradient: call step_pre_backward before loss.backward()")
+        if self.estimator == "inv_cov":
+            cov = covariance_3d(params["quats"].detach(), torch.exp(params["scales"].detach()))  # [N, 3, 3]
+            return (opac * g_opac)[..., None, None] * torch.linalg.inv(cov)[None]
+        S2d = splitting_matrix_2d(info["conics"].detach(), info["conics"].grad, opac, g_opac)  # [C, N, 2, 2]
+        viewmats, Ks = info["viewmats"], info["Ks"]
+        R, T = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # [C, 1, 3, 3], [C, 1, 3]
+        means_c = (R @ params["means"].detach()[None, :, :, None])[..., 0] + T  # [C, N, 3]
+        J = projection_jacobian(means_c, Ks[:, 0, 0, None], Ks[:, 1, 1, None], R)  # [C, N, 2, 3]
+        return lift_splitting_matrix(S2d, J)
+
+    @torch.no_grad()
+    def _accumulate(self, params, state: dict, info: dict) -> None:
+        super()._accumulate(params, state, info)
+        n = len(params["means"])
+        if state["S"] is None or state["S"].shape[0] != n:
+            state["S"] = torch.zeros(n, 3, 3, device=params["means"].device)
+        S = self.view_splitting_matrices(params, info)  # [C, N, 3, 3]
+        cam, gid = torch.where((info["radii"] > 0).all(-1))
+        state["S"].index_add_(0, gid, S[cam, gid].to(state["S"].dtype))
+
+    def candidates(self, params, state: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """(mask [N], lambda_min [N], v_min [N, 3]) of the Gaussians to split now."""
+        count = state["count"].clamp_min(1)
+        grads = state["grad2d"] / count
+        lam, vec = smallest_eigen(state["S"] / count[:, None, None])
+        return (grads >= self.grow_grad2d) & (lam < self.split_threshold), lam, vec
+
+    @torch.no_grad()
+    def _grow(self, params, optimizers, state: dict, step: int) -> tuple[int, int]:
+        mask, lam, vec = self.candidates(params, state)
+        if self.max_gaussians > 0:
+            mask = _cap(mask, -lam, max(0, self.max_gaussians - len(mask)))
+        n_split = int(mask.sum())
+        if n_split:
+            steepest_split(params, optimizers, state, mask, vec, halve_opacity=self.halve_opacity)
+        state["S"].zero_()
+        return 0, n_split
