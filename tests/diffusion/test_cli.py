@@ -14,7 +14,7 @@ from diffusion.sample import SampleConfig
 from diffusion.train import train
 from genai_train.config import load_config
 
-from .conftest import write_images
+from .images import write_images
 from .test_diffusion_train import _cfg
 
 

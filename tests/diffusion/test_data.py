@@ -7,7 +7,7 @@ from PIL import Image
 
 from diffusion.data import DataConfig, ImageFolderError, load_image_folder
 
-from .conftest import write_images
+from .images import write_images
 
 
 def _load(folder, **kw):

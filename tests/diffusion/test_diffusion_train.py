@@ -7,7 +7,7 @@ from diffusion.sample import SampleConfig, generate
 from diffusion.train import DiffusionConfig, load_run, train
 from genai_train.config import load_config
 
-from .conftest import write_images
+from .images import write_images
 
 TINY = [
     "--data.resolution=16",

@@ -1,14 +1,4 @@
 import numpy as np
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_images(folder, n=8, size=(20, 24), seed=0):
