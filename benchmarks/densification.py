@@ -51,24 +51,27 @@ def worker(strategy: str, steps: int, run_dir: str, threads: int, backend: str, 
 
 
 def side_by_side(runs: dict[str, dict], path: Path) -> Path | None:
-    """Ground truth | ADC | SteepGS for the first held-out view, from the runs' saved test renders."""
+    """Ground truth | ADC | SteepGS for the first held-out view, from the runs' saved test renders.
+
+    Each saved test render is ``render | ground truth`` side by side (splatting.train.evaluate).
+    """
     import imageio.v3 as iio
     import numpy as np
 
-    renders = {}
-    for name, r in runs.items():
+    panels = []
+    for r in runs.values():
         folder = Path(r["run_dir"]) / "test_renders"
         files = sorted(folder.glob("*.png")) if folder.is_dir() else []
         if not files:
             return None
-        renders[name] = iio.imread(files[0])
-    panels = list(renders.values())
-    h = min(p.shape[0] for p in panels)
-    gap = np.full((h, 4, 3), 255, np.uint8)
-    row = []
-    for p in panels:
-        row += [p[:h, :, :3], gap]
-    iio.imwrite(path, np.concatenate(row[:-1], axis=1))
+        pair = iio.imread(files[0])[..., :3]
+        w = pair.shape[1] // 2
+        if not panels:
+            panels.append(pair[:, w:])  # ground truth
+        panels.append(pair[:, :w])  # this strategy's render
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    row = [x for p in panels for x in (p, gap)][:-1]
+    iio.imwrite(path, np.concatenate(row, axis=1))
     return path
 
 
