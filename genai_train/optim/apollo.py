@@ -23,7 +23,13 @@ from typing import Literal
 import torch
 
 from genai_train.optim.base import CoreOptimizer, adam_direction, hf_adamw_
-from genai_train.optim.projector import gaussian, matrix_view, next_seed, project, projection_shape
+from genai_train.optim.projector import (
+    gaussian,
+    init_projected_adam_state,
+    matrix_view,
+    next_seed,
+    project,
+)
 
 __all__ = ["APOLLO", "apollo_scaling"]
 
@@ -70,16 +76,7 @@ class APOLLO(CoreOptimizer):
         super().__init__(params, defaults, seed_base=seed_base)
 
     def _init_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
-        if group["low_rank"]:
-            m, n = matrix_view(p).shape
-            pm, pn = projection_shape(m, n, group["rank"])
-            shape = (m, pm) if m >= n else (pn, n)
-            state["proj"] = torch.zeros((pm, pn), dtype=p.dtype, device=p.device)
-            state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        else:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        init_projected_adam_state(group["low_rank"], group["rank"], p, state)
 
     def _update(self, group: dict, params: list[torch.Tensor], t: int) -> None:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]

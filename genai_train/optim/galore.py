@@ -21,7 +21,13 @@ from typing import Literal
 import torch
 
 from genai_train.optim.base import CoreOptimizer, adam_direction, hf_adamw_
-from genai_train.optim.projector import matrix_view, project, project_back_, projection_shape, svd_basis
+from genai_train.optim.projector import (
+    init_projected_adam_state,
+    matrix_view,
+    project,
+    project_back_,
+    svd_basis,
+)
 
 __all__ = ["GaLore"]
 
@@ -41,17 +47,7 @@ class GaLore(CoreOptimizer):
         super().__init__(params, defaults)
 
     def _init_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
-        if group["low_rank"]:
-            m, n = matrix_view(p).shape
-            pm, pn = projection_shape(m, n, group["rank"])
-            r = pm if m >= n else pn
-            shape = (m, r) if m >= n else (r, n)
-            state["proj"] = torch.zeros((pm, pn), dtype=p.dtype, device=p.device)
-            state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        else:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        init_projected_adam_state(group["low_rank"], group["rank"], p, state)
 
     def _update(self, group: dict, params: list[torch.Tensor], t: int) -> None:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]

@@ -81,3 +81,18 @@ def project_back_(w: torch.Tensor, n: torch.Tensor, p: torch.Tensor, alpha: floa
     if is_tall(*w.shape):
         return w.addmm_(n, p, alpha=alpha)
     return w.addmm_(p, n, alpha=alpha)
+
+
+def init_projected_adam_state(low_rank: bool, rank: int, p: torch.Tensor, state: dict) -> None:
+    """Adam moments for ``p``: in the projected space [m, r] / [r, n] (with a zero projector slot
+    ``state["proj"]`` of ``projection_shape``) for a low-rank matrix, full-size otherwise."""
+    if low_rank:
+        m, n = matrix_view(p).shape
+        pm, pn = projection_shape(m, n, rank)
+        shape = (m, pm) if m >= n else (pn, n)
+        state["proj"] = torch.zeros((pm, pn), dtype=p.dtype, device=p.device)
+        state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+    else:
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
