@@ -236,7 +236,7 @@ class GrowTrainer:
             self.clip = cfg.ligo.grad_clip
         else:
             self.model.requires_grad_(True)
-            self.opt = build_optimizer(self.model.named_parameters(), cfg.train.optim)
+            self.opt = build_optimizer(self.model.named_parameters(), cfg.train.optim, model=self.model)
             self.sched = build_scheduler(self.opt, cfg.train.schedule, max(1, cfg.train.steps))
             self.params = list(self.model.parameters())
             self.clip = cfg.train.grad_clip
