@@ -324,6 +324,29 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # growth targets
 
+# Per-layer Hugging Face module names of our canonical ones (read and write share these tables).
+_BERT_LAYER = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "o": "attention.output.dense",
+    "attn_norm": "attention.output.LayerNorm",
+    "up": "intermediate.dense",
+    "down": "output.dense",
+    "mlp_norm": "output.LayerNorm",
+}
+_LLAMA_LINEAR = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+_LLAMA_NORMS = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+
+
 _TARGET_KEYS = {
     "layers": "n_layers",
     "d_model": "d_model",
@@ -569,17 +592,7 @@ def _hf_to_canonical(
         out["emb_norm.weight"], out["emb_norm.bias"] = sd[e + "LayerNorm.weight"], sd[e + "LayerNorm.bias"]
         for i in range(cfg.n_layers):
             p, c = f"encoder.layer.{i}.", f"layers.{i}."
-            names = {
-                "q": "attention.self.query",
-                "k": "attention.self.key",
-                "v": "attention.self.value",
-                "o": "attention.output.dense",
-                "attn_norm": "attention.output.LayerNorm",
-                "up": "intermediate.dense",
-                "down": "output.dense",
-                "mlp_norm": "output.LayerNorm",
-            }
-            for n, h in names.items():
+            for n, h in _BERT_LAYER.items():
                 out[c + f"{n}.weight"], out[c + f"{n}.bias"] = sd[p + h + ".weight"], sd[p + h + ".bias"]
         t = "cls.predictions."
         if t + "transform.dense.weight" in sd:
@@ -605,16 +618,7 @@ def _hf_to_canonical(
         out["tok_emb.weight"] = sd[m + "embed_tokens.weight"]
         for i in range(cfg.n_layers):
             p, c = f"{m}layers.{i}.", f"layers.{i}."
-            names = {
-                "q": "self_attn.q_proj",
-                "k": "self_attn.k_proj",
-                "v": "self_attn.v_proj",
-                "o": "self_attn.o_proj",
-                "gate": "mlp.gate_proj",
-                "up": "mlp.up_proj",
-                "down": "mlp.down_proj",
-            }
-            for n, h in names.items():
+            for n, h in _LLAMA_LINEAR.items():
                 out[c + f"{n}.weight"] = sd[p + h + ".weight"]
                 bias_on = cfg.has_attn_bias if n in "qkvo" else cfg.has_mlp_bias
                 if bias_on:
@@ -748,19 +752,9 @@ def _canonical_to_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str,
         out[e + "position_embeddings.weight"] = sd["pos_emb.weight"]
         out[e + "token_type_embeddings.weight"] = sd["type_emb.weight"]
         out[e + "LayerNorm.weight"], out[e + "LayerNorm.bias"] = sd["emb_norm.weight"], sd["emb_norm.bias"]
-        names = {
-            "q": "attention.self.query",
-            "k": "attention.self.key",
-            "v": "attention.self.value",
-            "o": "attention.output.dense",
-            "attn_norm": "attention.output.LayerNorm",
-            "up": "intermediate.dense",
-            "down": "output.dense",
-            "mlp_norm": "output.LayerNorm",
-        }
         for i in range(cfg.n_layers):
             p, c = f"bert.encoder.layer.{i}.", f"layers.{i}."
-            for n, h in names.items():
+            for n, h in _BERT_LAYER.items():
                 out[p + h + ".weight"], out[p + h + ".bias"] = sd[c + f"{n}.weight"], sd[c + f"{n}.bias"]
         t = "cls.predictions."
         out[t + "transform.dense.weight"], out[t + "transform.dense.bias"] = (
@@ -775,20 +769,9 @@ def _canonical_to_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str,
     else:
         m = "model."
         out[m + "embed_tokens.weight"] = sd["tok_emb.weight"]
-        names = {
-            "q": "self_attn.q_proj",
-            "k": "self_attn.k_proj",
-            "v": "self_attn.v_proj",
-            "o": "self_attn.o_proj",
-            "gate": "mlp.gate_proj",
-            "up": "mlp.up_proj",
-            "down": "mlp.down_proj",
-            "attn_norm": "input_layernorm",
-            "mlp_norm": "post_attention_layernorm",
-        }
         for i in range(cfg.n_layers):
             p, c = f"{m}layers.{i}.", f"layers.{i}."
-            for n, h in names.items():
+            for n, h in {**_LLAMA_LINEAR, **_LLAMA_NORMS}.items():
                 for kind in ("weight", "bias"):
                     if c + f"{n}.{kind}" in sd:
                         out[p + h + f".{kind}"] = sd[c + f"{n}.{kind}"]
