@@ -2,7 +2,9 @@
 
 1. Train a small byte-level GPT (the source checkpoint; its cost is reported separately).
 2. Grow it to 2x depth and 2x width three ways and train each on the same data, same schedule and same
-   number of normal-training steps; LiGO also spends its operator steps (counted in its cost).
+   number of normal-training steps; LiGO also spends its operator steps (counted in its cost). Scratch
+   trains at its own peak LR; both grown models continue at a lower one (``grown_lr``: at scratch's LR the
+   first steps after growth undo most of what growth gave them).
    The three runs advance one step each in turn (A B C A B C ...) so machine noise hits them alike.
 3. Scratch's final validation loss is the bar. For LiGO: FLOPs and wall-clock (evaluation excluded; median
    step time per phase x steps) until its validation loss first reaches the bar, as a fraction of
@@ -44,6 +46,9 @@ SETTINGS = {
         ligo_steps=30,
         eval_every=20,
         val_batches=4,
+        lr=2e-3,
+        grown_lr=2e-3,
+        ligo_lr=3e-4,
     ),
     "full": dict(
         max_mb=6.0,
@@ -56,12 +61,15 @@ SETTINGS = {
         ligo_steps=100,
         eval_every=50,
         val_batches=8,
+        lr=2e-3,
+        grown_lr=2e-4,
+        ligo_lr=1e-4,
     ),
 }
 EXCLUDE = "[__pycache__,site-packages,test,tests,idlelib,tkinter,lib2to3,ensurepip,turtledemo]"
 
 
-def _config(s: dict, run_dir: Path, extra: list[str]) -> GrowConfig:
+def _config(s: dict, run_dir: Path, extra: list[str], lr: float | None = None) -> GrowConfig:
     return load_config(
         GrowConfig,
         None,
@@ -76,7 +84,7 @@ def _config(s: dict, run_dir: Path, extra: list[str]) -> GrowConfig:
             "--ckpt.every=0",
             "--ckpt.resume=never",
             f"--run.dir={run_dir}",
-            "--train.optim.lr=2e-3",
+            f"--train.optim.lr={lr if lr is not None else s['lr']}",
             "--train.optim.weight_decay=0.1",
             "--train.schedule.warmup_steps=20",
             "--train.schedule.min_lr_ratio=0.1",
@@ -137,7 +145,7 @@ def main() -> None:
     common = [f"--small={small_dir}", f"--target={s['target']}", f"--train.steps={s['steps']}"]
     runs = {
         "scratch": GrowTrainer(_config(s, work / "scratch", common + ["--method=scratch"]), log=True),
-        "stack": GrowTrainer(_config(s, work / "stack", common + ["--method=stack"]), log=True),
+        "stack": GrowTrainer(_config(s, work / "stack", common + ["--method=stack"], s["grown_lr"]), log=True),
         "ligo": GrowTrainer(
             _config(
                 s,
@@ -146,9 +154,10 @@ def main() -> None:
                 + [
                     "--method=ligo",
                     f"--ligo.steps={s['ligo_steps']}",
-                    "--ligo.lr=3e-4",
+                    f"--ligo.lr={s['ligo_lr']}",
                     "--ligo.warmup_steps=3",
                 ],
+                s["grown_lr"],
             ),
             log=True,
         ),
