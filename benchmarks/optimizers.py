@@ -12,7 +12,7 @@ APOLLO-Mini r1 tensor alpha 128 scale_front; Adam-mini (dim 512, 8 heads); Flora
    interleaved (A B A B ...), medians; the projection refresh (GaLore's SVD, APOLLO's random matrices) is
    amortised over its gap T: t = median + (first_step - median) / T for both sides.
 3. Quality: each method trains a fresh model (same seed, same batches) on a byte-level LM over CPython's
-   standard-library sources (95/5 split by file), batch 4 x 64, 10% warm-up + cosine to 10%, clip 1.0;
+   standard-library sources (95/5 split by file), batch 4 x 64 (--batch, --ctx), 10% warm-up + cosine to 10%, clip 1.0;
    validation loss (nats/byte) on held-out batches, beside the unigram floor.
 
     python benchmarks/optimizers.py            # the run behind the claims (about 40-60 min on 1 core)
@@ -248,6 +248,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: machines are shared)")
     ap.add_argument("--steps", type=int, default=None, help="training steps a method (default 300, quick 15)")
     ap.add_argument("--reps", type=int, default=None, help="timed steps per side (default 30, quick 6)")
+    ap.add_argument("--batch", type=int, default=4, help="training sequences per step (default 4)")
+    ap.add_argument("--ctx", type=int, default=64, help="training sequence length in bytes (default 64)")
     ap.add_argument("--skip-train", action="store_true", help="only state bytes and step time")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--train-reference", action="store_true",
@@ -308,11 +310,11 @@ def main() -> None:
         logp = (counts / counts.sum()).log()
         unigram = -statistics.fmean(logp[b[:, 1:]].mean().item() for b in val_batches)
         for name in ["adamw", *methods]:
-            training[name] = train_val(name, base, train_data, val_batches, steps, 4, 64)
+            training[name] = train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx)
             print(f"train {name:12s} lr {PAPER_LR[name]:g}: val {training[name]['val_loss']:.3f} "
                   f"({training[name]['wall_s']:.0f} s)", flush=True)
             if args.train_reference and name != "adamw":
-                ref = train_val(name, base, train_data, val_batches, steps, 4, 64, reference=True)
+                ref = train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx, reference=True)
                 training[f"{name}_reference"] = ref
                 print(f"train {name:12s} (reference package): val {ref['val_loss']:.3f}", flush=True)
         for name in methods:
@@ -324,8 +326,8 @@ def main() -> None:
                         "params": n_params},
               "optimizers": {m: {k: v for k, v in vars(bench_cfg(m)).items()} for m in ["adamw", *METHODS]},
               "step_time": {"grad_batch": [8, 128], "reps": reps, "interleaved": True},
-              "train": {"steps": steps, "batch": [4, 64], "warmup": max(1, steps // 10), "schedule": "cosine",
-                        "min_lr_ratio": 0.1, "clip": 1.0, "lr": PAPER_LR}}
+              "train": {"steps": steps, "batch": [args.batch, args.ctx], "warmup": max(1, steps // 10),
+                        "schedule": "cosine", "min_lr_ratio": 0.1, "clip": 1.0, "lr": PAPER_LR}}
     config["methods"] = methods
     path = write_result("optimizers", config, claims,
                         {"adamw_state_bytes": adamw_bytes, "methods": results, "training": training},
