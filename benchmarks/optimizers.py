@@ -3,8 +3,9 @@ training run per method (BENCHMARKS.md, claims ``step_time_vs_reference.<m>``,
 ``state_bytes_vs_reference.<m>``, ``apollo_mini_projected_state_vs_adamw``, ``val_loss_vs_adamw.<m>``).
 
 Model: a GPT with 6 layers, d=512, 8 heads, FFN 2048, vocab 8192, learned positions, RMSNorm, untied head,
-no biases (27.4M parameters, fp32, CPU). Settings: GaLore r128 T200 alpha .25; APOLLO r256 channel;
-APOLLO-Mini r1 tensor alpha 128 scale_front; Adam-mini (dim 512, 8 heads); Flora r128 beta1 .9 kappa 1000.
+no biases (27.4M parameters, fp32, CPU). Settings: GaLore r128 T200 alpha .25; APOLLO r128 channel (d/4, the
+paper's setting for its d=512 model); APOLLO-Mini r1 tensor alpha 128 scale_front; Adam-mini (dim 512, 8 heads);
+Flora r128 beta1 .9 kappa 1000.
 
 1. State bytes: ``optimizer_state_bytes`` after one step, ours vs the reference package (storages counted
    once, so a slice view that keeps a whole SVD factor alive counts the whole factor).
@@ -124,7 +125,7 @@ def sample_batch(data: torch.Tensor, batch: int, ctx: int, gen: torch.Generator)
 
 # ------------------------------------------------------------------------------------ optimizer pairs
 def bench_cfg(name: str, lr: float | None = None) -> OptimConfig:
-    kw = {"galore": dict(rank=128), "apollo": dict(rank=256), "apollo_mini": dict(scale_front=True),
+    kw = {"galore": dict(rank=128), "apollo": dict(rank=128), "apollo_mini": dict(scale_front=True),
           "flora": dict(rank=128, kappa=1000)}.get(name, {})
     return OptimConfig(name=name, lr=lr if lr is not None else PAPER_LR[name], **kw)
 
