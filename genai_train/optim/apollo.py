@@ -22,10 +22,10 @@ from typing import Literal
 
 import torch
 
-from genai_train.optim.base import CoreOptimizer, adam_direction, hf_adamw_
+from genai_train.optim.base import adam_direction
 from genai_train.optim.projector import (
+    ProjectedAdam,
     gaussian,
-    init_projected_adam_state,
     matrix_view,
     next_seed,
     project,
@@ -58,7 +58,7 @@ def apollo_scaling(r: torch.Tensor, rt: torch.Tensor, g: torch.Tensor,
     return s, torch.linalg.vector_norm(s * _norms(g, d))
 
 
-class APOLLO(CoreOptimizer):
+class APOLLO(ProjectedAdam):
     """APOLLO-AdamW (``scale_type="channel"``) and APOLLO-Mini (rank 1, ``scale_type="tensor"``,
     scale 128). ``seed_base``: parameter i (0-based, over all groups) starts from seed seed_base + i + 1,
     as in the reference. ``norm_growth_limit`` 0 disables the limiter; ``scale_front`` applies
@@ -75,20 +75,9 @@ class APOLLO(CoreOptimizer):
                         scale_front=scale_front, norm_growth_limit=norm_growth_limit, low_rank=False)
         super().__init__(params, defaults, seed_base=seed_base)
 
-    def _init_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
-        init_projected_adam_state(group["low_rank"], group["rank"], p, state)
-
-    def _update(self, group: dict, params: list[torch.Tensor], t: int) -> None:
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        states = [self.state[p] for p in params]
-        ms = [s["exp_avg"] for s in states]
-        vs = [s["exp_avg_sq"] for s in states]
-        grads = [p.grad for p in params]
-        k = t + 1
-        if not group["low_rank"]:
-            hf_adamw_(params, grads, ms, vs, k, lr, b1, b2, eps, wd)
-            return
-        gs = [matrix_view(g) for g in grads]  # [m, n] each
+    def _low_rank_step(self, group: dict, params: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict],
+                       ms: list[torch.Tensor], vs: list[torch.Tensor], t: int) -> None:
+        lr, (b1, b2), eps, k = group["lr"], group["betas"], group["eps"], t + 1
         if t % group["update_proj_gap"] == 0:
             for g, s in zip(gs, states):
                 shape = s["proj"].shape
@@ -115,5 +104,3 @@ class APOLLO(CoreOptimizer):
             if not front:
                 coef = coef * sqrt_alpha
             matrix_view(p).addcmul_(g, coef, value=-step_size)
-        if wd > 0.0:
-            torch._foreach_mul_(params, 1.0 - lr * wd)

@@ -20,9 +20,9 @@ from typing import Literal
 
 import torch
 
-from genai_train.optim.base import CoreOptimizer, adam_direction, hf_adamw_
+from genai_train.optim.base import adam_direction
 from genai_train.optim.projector import (
-    init_projected_adam_state,
+    ProjectedAdam,
     matrix_view,
     project,
     project_back_,
@@ -32,7 +32,7 @@ from genai_train.optim.projector import (
 __all__ = ["GaLore"]
 
 
-class GaLore(CoreOptimizer):
+class GaLore(ProjectedAdam):
     """GaLore-AdamW. Groups with ``low_rank=True`` are projected (2-D weights and conv kernels viewed as
     (out, in*k*k)). ``projection="identity"`` replaces the SVD basis by the identity (needs rank >=
     min(m, n)); it turns GaLore into AdamW and exists for tests and ablations."""
@@ -46,20 +46,9 @@ class GaLore(CoreOptimizer):
                         update_proj_gap=update_proj_gap, scale=scale, projection=projection, low_rank=False)
         super().__init__(params, defaults)
 
-    def _init_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
-        init_projected_adam_state(group["low_rank"], group["rank"], p, state)
-
-    def _update(self, group: dict, params: list[torch.Tensor], t: int) -> None:
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        states = [self.state[p] for p in params]
-        ms = [s["exp_avg"] for s in states]
-        vs = [s["exp_avg_sq"] for s in states]
-        grads = [p.grad for p in params]
-        k = t + 1
-        if not group["low_rank"]:
-            hf_adamw_(params, grads, ms, vs, k, lr, b1, b2, eps, wd)
-            return
-        gs = [matrix_view(g) for g in grads]  # [m, n] each
+    def _low_rank_step(self, group: dict, params: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict],
+                       ms: list[torch.Tensor], vs: list[torch.Tensor], t: int) -> None:
+        lr, (b1, b2), eps, k = group["lr"], group["betas"], group["eps"], t + 1
         if t % group["update_proj_gap"] == 0:
             for g, s in zip(gs, states):
                 if group["projection"] == "identity":
@@ -74,5 +63,3 @@ class GaLore(CoreOptimizer):
         step_size = lr * math.sqrt(1.0 - b2 ** k) / (1.0 - b1 ** k)
         for p, neg_n, s in zip(params, neg_ns, states):
             project_back_(matrix_view(p), neg_n, s["proj"], alpha=step_size * group["scale"])
-        if wd > 0.0:
-            torch._foreach_mul_(params, 1.0 - lr * wd)

@@ -1,6 +1,6 @@
-"""Low-rank projections shared by GaLore, APOLLO and Flora.
+"""Low-rank projections shared by GaLore, APOLLO and Flora, and the projected-Adam skeleton of GaLore and APOLLO.
 
-Everything here is a small pure function of tensors and ints, so optimizer state holds only tensors and
+The projection helpers are small pure functions of tensors and ints, so optimizer state holds only tensors and
 ints (``torch.load(weights_only=True)`` works) and a random projection can be regenerated from its seed.
 
 Conventions (ALGORITHMS.md section 1): a weight is viewed as a matrix W of shape (m, n); "tall" means
@@ -13,8 +13,10 @@ import math
 
 import torch
 
+from genai_train.optim.base import CoreOptimizer, hf_adamw_
+
 __all__ = ["matrix_view", "is_tall", "svd_basis", "gaussian", "next_seed", "split_seed", "project",
-           "project_back_", "projection_shape"]
+           "project_back_", "projection_shape", "ProjectedAdam"]
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 
@@ -83,16 +85,39 @@ def project_back_(w: torch.Tensor, n: torch.Tensor, p: torch.Tensor, alpha: floa
     return w.addmm_(p, n, alpha=alpha)
 
 
-def init_projected_adam_state(low_rank: bool, rank: int, p: torch.Tensor, state: dict) -> None:
-    """Adam moments for ``p``: in the projected space [m, r] / [r, n] (with a zero projector slot
-    ``state["proj"]`` of ``projection_shape``) for a low-rank matrix, full-size otherwise."""
-    if low_rank:
-        m, n = matrix_view(p).shape
-        pm, pn = projection_shape(m, n, rank)
-        shape = (m, pm) if m >= n else (pn, n)
-        state["proj"] = torch.zeros((pm, pn), dtype=p.dtype, device=p.device)
-        state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
-    else:
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+class ProjectedAdam(CoreOptimizer):
+    """The skeleton GaLore and APOLLO share: Adam moments in the projected space [m, r] / [r, n] (with a
+    projector slot ``state["proj"]`` of ``projection_shape``) for groups with ``low_rank=True``, the AdamW
+    skeleton for the rest, decoupled weight decay after the update. Subclasses implement
+    :meth:`_low_rank_step` for the projected matrices."""
+
+    def _init_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
+        if group["low_rank"]:
+            m, n = matrix_view(p).shape
+            pm, pn = projection_shape(m, n, group["rank"])
+            shape = (m, pm) if m >= n else (pn, n)
+            state["proj"] = torch.zeros((pm, pn), dtype=p.dtype, device=p.device)
+            state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        else:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _update(self, group: dict, params: list[torch.Tensor], t: int) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        states = [self.state[p] for p in params]
+        ms = [s["exp_avg"] for s in states]
+        vs = [s["exp_avg_sq"] for s in states]
+        grads = [p.grad for p in params]
+        if not group["low_rank"]:
+            hf_adamw_(params, grads, ms, vs, t + 1, lr, b1, b2, eps, wd)
+            return
+        gs = [matrix_view(g) for g in grads]  # [m, n] each
+        self._low_rank_step(group, params, gs, states, ms, vs, t)
+        if wd > 0.0:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+
+    def _low_rank_step(self, group: dict, params: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict],
+                       ms: list[torch.Tensor], vs: list[torch.Tensor], t: int) -> None:
+        """Refresh the projectors when due and update ``params`` (weight decay comes after, in the caller)."""
+        raise NotImplementedError
