@@ -12,6 +12,10 @@ gradients of the loss with respect to each Gaussian's per-view conic and opacity
     S2D = C M C - a C,   M = -2 dL/dC (symmetric 2x2),   a = o dL/do            (ALGORITHMS.md section 2)
 
 and it is lifted to 3-D with the projection Jacobian J (2x3): S3D += J^T S2D J.
+
+Selection: mean 2-D gradient over ADC's threshold and lambda_min(S) below ``split_threshold`` (the paper's
+sign test). ``min_decrease`` optionally also asks the split's second-order prediction, 1/2 E|offset|^2
+lambda_min (loss units, so independent of the scene's scale), to promise at least that much.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "lift_splitting_matrix",
     "inv_cov_splitting_matrix",
     "smallest_eigen",
+    "predicted_decrease",
 ]
 
 
@@ -103,6 +108,15 @@ def smallest_eigen(S: Tensor) -> tuple[Tensor, Tensor]:
     return vals[:, 0], vecs[:, :, 0]
 
 
+def predicted_decrease(log_scales: Tensor, lam: Tensor) -> Tensor:
+    """Second-order loss change of a split, 1/2 E|eps|^2 lambda_min, for the offsets steepest_split draws.
+
+    The children sit at +-v_min |eps| with eps ~ N(0, diag(s)), so E|eps|^2 = tr(Sigma) = sum(s^2), and the
+    paper's expansion gives Delta L = 1/2 |eps|^2 lambda_min (negative at a saddle). [N, 3], [N] -> [N]
+    """
+    return 0.5 * torch.exp(2.0 * log_scales).sum(-1) * lam
+
+
 @torch.no_grad()
 def steepest_split(params, optimizers, state: dict, mask: Tensor, directions: Tensor, halve_opacity: bool = True,
                    generator: torch.Generator | None = None) -> None:
@@ -149,6 +163,10 @@ class SteepGSStrategy(ADCStrategy):
         default="exact", metadata={"help": "exact: S from conic/opacity gradients; inv_cov: the official code's"})
     split_threshold: float = field(
         default=-1e-6, metadata={"help": "split candidates need lambda_min(S) below this (negative)"})
+    min_decrease: float = field(
+        default=0.0, metadata={"help": "also require the split's predicted loss decrease, 1/2 E|offset|^2 "
+                                       "|lambda_min| = 1/2 tr(Sigma) |lambda_min| (loss units per view), to exceed "
+                                       "this; 0 keeps the paper's sign test only"})
     halve_opacity: bool = field(default=True, metadata={"help": "children get half the parent's opacity (paper)"})
 
     def __post_init__(self):
@@ -157,6 +175,8 @@ class SteepGSStrategy(ADCStrategy):
             raise ValueError(f"strategy.estimator={self.estimator!r}; choose exact or inv_cov")
         if not self.split_threshold < 0:
             raise ValueError(f"strategy.split_threshold must be negative, got {self.split_threshold}")
+        if not self.min_decrease >= 0:
+            raise ValueError(f"strategy.min_decrease must be >= 0 (a loss decrease), got {self.min_decrease}")
 
     def initialize_state(self, scene_scale: float = 1.0) -> dict:
         return {**super().initialize_state(scene_scale), "S": None}
@@ -197,7 +217,10 @@ class SteepGSStrategy(ADCStrategy):
         count = state["count"].clamp_min(1)
         grads = state["grad2d"] / count
         lam, vec = smallest_eigen(state["S"] / count[:, None, None])
-        return (grads >= self.grow_grad2d) & (lam < self.split_threshold), lam, vec
+        mask = (grads >= self.grow_grad2d) & (lam < self.split_threshold)
+        if self.min_decrease > 0:
+            mask &= predicted_decrease(params["scales"], lam) < -self.min_decrease
+        return mask, lam, vec
 
     @torch.no_grad()
     def _grow(self, params, optimizers, state: dict, step: int) -> tuple[int, int]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from splatting.render.torch_raster import rasterize
-from splatting.strategies.steepgs import SteepGSStrategy, steepest_split
+from splatting.strategies.steepgs import SteepGSStrategy, predicted_decrease, smallest_eigen, steepest_split
 
 H = W = 16
 
@@ -153,6 +153,44 @@ def test_children_opacity_scales_and_optimizer_rows():
     assert state["grad2d"].tolist() == [1.0, 3.0, 2.0, 2.0] and state["S"].shape == (4, 3, 3)
 
 
+@pytest.mark.parametrize("eps", [0.02, 0.05])
+def test_second_order_prediction_matches_the_loss_change_of_a_split(eps):
+    """1/2 eps^2 lambda_min (S in loss units) predicts what splitting at +-eps v_min, half opacity, really does.
+
+    The split with zero offset is the reference, so the alpha-compositing change of two half-opacity copies
+    (not part of the paper's additive expansion) cancels; what remains is the eps^2 term.
+    """
+    target = _two_blob_target()
+    params = _one_wide_gaussian()
+    _, _, state = _accumulated(SteepGSStrategy(estimator="exact"), params, target)
+    lam, v = smallest_eigen(state["S"] / state["count"].clamp_min(1)[:, None, None])
+
+    def split_loss(offset):
+        p = {k: t.detach() for k, t in params.items()}
+        children = {"means": torch.cat([p["means"] + offset * v, p["means"] - offset * v]),
+                    "scales": p["scales"].repeat(2, 1), "quats": p["quats"].repeat(2, 1),
+                    "opacities": torch.logit(0.5 * torch.sigmoid(p["opacities"])).repeat(2),
+                    "colors": p["colors"].repeat(2, 1)}
+        return _loss(children, target)[0].item()
+
+    actual = split_loss(eps) - split_loss(0.0)
+    predicted = 0.5 * eps ** 2 * lam.item()
+    assert predicted < 0 and 0.7 < actual / predicted < 1.3
+
+
+def test_min_decrease_keeps_only_splits_predicted_to_lower_the_loss_enough():
+    target = _two_blob_target()
+    params = _one_wide_gaussian()
+    _, _, state = _accumulated(SteepGSStrategy(estimator="exact"), params, target)
+    lam, _ = smallest_eigen(state["S"] / state["count"].clamp_min(1)[:, None, None])
+    pred = predicted_decrease(params["scales"].detach(), lam)
+    torch.testing.assert_close(pred, 0.5 * (torch.exp(params["scales"].detach()) ** 2).sum(-1) * lam)
+    assert pred.item() < 0
+    for factor, picked in ((0.5, True), (2.0, False)):
+        strategy = SteepGSStrategy(estimator="exact", grow_grad2d=0.0, min_decrease=factor * -pred.item())
+        assert strategy.candidates(params, state)[0].tolist() == [picked]
+
+
 def test_opacity_halving_can_be_turned_off():
     params = torch.nn.ParameterDict({"means": torch.nn.Parameter(torch.zeros(1, 3)),
                                      "scales": torch.nn.Parameter(torch.zeros(1, 3)),
@@ -166,6 +204,8 @@ def test_bad_strategy_options_are_named():
         SteepGSStrategy(split_threshold=0.0)
     with pytest.raises(ValueError, match="choose exact or inv_cov"):
         SteepGSStrategy(estimator="approx")
+    with pytest.raises(ValueError, match="min_decrease must be >= 0"):
+        SteepGSStrategy(min_decrease=-1e-6)
 
 
 @pytest.mark.gpu
