@@ -223,9 +223,9 @@ def state_and_speed(name: str, grads: list[torch.Tensor], reps: int, base: nn.Mo
 
 
 def train_val(name: str, base: nn.Module, train_data: torch.Tensor, val_batches: list[torch.Tensor],
-              steps: int, batch: int, ctx: int, reference: bool = False) -> dict:
+              steps: int, batch: int, ctx: int, reference: bool = False, seed: int = 1234) -> dict:
     """Train a fresh copy of ``base`` with our optimizer (or, with ``reference``, the reference package's,
-    same groups and hyperparameters) and return its validation loss."""
+    same groups and hyperparameters) on batches drawn with ``seed`` and return its validation loss."""
     from genai_train.schedules import ScheduleConfig, build_scheduler
     model = copy.deepcopy(base)
     cfg = bench_cfg(name)
@@ -234,7 +234,7 @@ def train_val(name: str, base: nn.Module, train_data: torch.Tensor, val_batches:
         ours_model, model = model, copy.deepcopy(base)
         opt = reference_optimizer(name, opt, ours_model, model, cfg)
     sched = build_scheduler(opt, ScheduleConfig("cosine", max(1, steps // 10), 0.1), steps)
-    gen = torch.Generator().manual_seed(1234)
+    gen = torch.Generator().manual_seed(seed)
     losses = []
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -260,6 +260,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="training sequences per step (default 4)")
     ap.add_argument("--ctx", type=int, default=64, help="training sequence length in bytes (default 64)")
     ap.add_argument("--skip-train", action="store_true", help="only state bytes and step time")
+    ap.add_argument("--seeds", default="1234",
+                    help="comma-separated batch-order seeds; each method trains once per seed and the claim "
+                         "compares mean validation losses (default 1234: one run)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--train-reference", action="store_true",
                     help="also train each method with its reference package (same seed and batches)")
@@ -271,6 +274,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     steps = args.steps or (15 if args.quick else 300)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 1234,1,2") from None
+    if not seeds:
+        raise SystemExit("--seeds: give at least one seed")
     reps = args.reps or (6 if args.quick else 30)
     torch.manual_seed(0)
     base = GPT()
@@ -319,11 +328,17 @@ def main() -> None:
         logp = (counts / counts.sum()).log()
         unigram = -statistics.fmean(logp[b[:, 1:]].mean().item() for b in val_batches)
         for name in ["adamw", *methods]:
-            training[name] = train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx)
+            runs = [train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx, seed=s)
+                    for s in seeds]
+            training[name] = {**runs[0], "val_loss": statistics.fmean(r["val_loss"] for r in runs),
+                              "val_loss_per_seed": {str(s): r["val_loss"] for s, r in zip(seeds, runs)},
+                              "wall_s": sum(r["wall_s"] for r in runs)}
+            per_seed = ", ".join(f"{r['val_loss']:.3f}" for r in runs)
             print(f"train {name:12s} lr {PAPER_LR[name]:g}: val {training[name]['val_loss']:.3f} "
-                  f"({training[name]['wall_s']:.0f} s)", flush=True)
+                  f"(seeds: {per_seed}; {training[name]['wall_s']:.0f} s)", flush=True)
             if args.train_reference and name != "adamw":
-                ref = train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx, reference=True)
+                ref = train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx, reference=True,
+                                seed=seeds[0])
                 training[f"{name}_reference"] = ref
                 print(f"train {name:12s} (reference package): val {ref['val_loss']:.3f}", flush=True)
         for name in methods:
@@ -336,7 +351,8 @@ def main() -> None:
               "optimizers": {m: {k: v for k, v in vars(bench_cfg(m)).items()} for m in ["adamw", *METHODS]},
               "step_time": {"grad_batch": [8, 128], "reps": reps, "interleaved": True},
               "train": {"steps": steps, "batch": [args.batch, args.ctx], "warmup": max(1, steps // 10),
-                        "schedule": "cosine", "min_lr_ratio": 0.1, "clip": 1.0, "lr": PAPER_LR}}
+                        "schedule": "cosine", "min_lr_ratio": 0.1, "clip": 1.0, "lr": PAPER_LR,
+                        "batch_order_seeds": seeds}}
     config["methods"] = methods
     path = write_result("optimizers", config, claims,
                         {"adamw_state_bytes": adamw_bytes, "methods": results, "training": training},
