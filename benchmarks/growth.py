@@ -49,6 +49,7 @@ SETTINGS = {
         lr=2e-3,
         grown_lr=2e-3,
         ligo_lr=3e-4,
+        ligo_depth_lr=1e-2,
     ),
     "full": dict(
         max_mb=6.0,
@@ -64,6 +65,7 @@ SETTINGS = {
         lr=2e-3,
         grown_lr=2e-4,
         ligo_lr=1e-4,
+        ligo_depth_lr=1e-2,
     ),
 }
 EXCLUDE = "[__pycache__,site-packages,test,tests,idlelib,tkinter,lib2to3,ensurepip,turtledemo]"
@@ -155,6 +157,7 @@ def main() -> None:
                     "--method=ligo",
                     f"--ligo.steps={s['ligo_steps']}",
                     f"--ligo.lr={s['ligo_lr']}",
+                    f"--ligo.depth_lr={s['ligo_depth_lr']}",
                     "--ligo.warmup_steps=3",
                 ],
                 s["grown_lr"],

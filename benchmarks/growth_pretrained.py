@@ -89,6 +89,9 @@ def main() -> None:
             f"--ligo.steps={steps}",
             f"--ligo.warmup_steps={max(1, steps // 10)}",
             "--ligo.lr=1e-4",
+            # one q/k/v/FFN operator shared by all layers: per small layer (the paper's choice), SmolLM2's 30
+            # layers of 2048 x 1536 FFN operators alone would be 189M values, more than the model
+            "--ligo.per_layer=false",
             f"--ligo.depth_init={args.depth_init}",
             "--train.steps=0",
             "--run.device=cpu",

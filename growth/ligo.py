@@ -3,8 +3,9 @@ https://arxiv.org/abs/2303.00980.
 
 Every weight of the large model is a linear function of the small model's weights (paper eq. 3-5):
 
-    width  W' = B_out W B_in^T          (one pair of operators per channel space, tied across layers)
-    depth  W'_i = sum_j w_ij W_j        (one coefficient matrix w in R^{L2 x L1} per parameter type)
+    width  W'_j = B_out,j W_j B_in,j^T  (operators per channel space; the residual stream's are shared by all
+                                         layers, q/k/v/o-in/FFN ones are per small layer j or shared)
+    depth  W''_i = sum_j w_ij W'_j      (one coefficient matrix w in R^{L2 x L1} per parameter type)
 
 Channel spaces and the operators acting on them (``out`` expands rows, ``in`` expands columns):
 
@@ -60,6 +61,13 @@ class LigoConfig:
             "(the official 10k warm-up over 100 steps leaves the operator at its init)"
         },
     )
+    depth_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "AdamW learning rate of the depth coefficients (None = lr); they are O(1) mixing weights, and "
+            "undoing the loss jump of stacking needs them to move by ~0.5 within the phase"
+        },
+    )
     weight_decay: float = field(
         default=0.0, metadata={"help": "AdamW weight decay on the operator (0: keep init)"}
     )
@@ -75,6 +83,13 @@ class LigoConfig:
         metadata={
             "help": "q/k/v operators: full (any feature mix, paper) | head (mix whole heads, kron(H, I)); "
             "auto = head for RoPE models"
+        },
+    )
+    per_layer: bool = field(
+        default=True,
+        metadata={
+            "help": "q/k/v/o-in/FFN width operators per small layer (paper) instead of one shared by all layers; "
+            "the residual-stream operators are always shared"
         },
     )
     train_width: bool = field(default=True, metadata={"help": "learn the width operators"})
@@ -96,6 +111,8 @@ class LigoConfig:
             raise ValueError(f"ligo.steps={self.steps} must be >= 0")
         if not self.lr > 0:
             raise ValueError(f"ligo.lr={self.lr} must be > 0")
+        if self.depth_lr is not None and not self.depth_lr > 0:
+            raise ValueError(f"ligo.depth_lr={self.depth_lr} must be > 0 (or null to use ligo.lr)")
         if self.warmup_steps is not None and self.steps and not 0 <= self.warmup_steps < self.steps:
             raise ValueError(
                 f"ligo.warmup_steps={self.warmup_steps} must be < ligo.steps={self.steps}, or the "
@@ -281,12 +298,17 @@ class LigoOperator(nn.Module):
         else:
             init.update(q=att["q"], k=att["k"], v=att["v"], o_in=att["o_in"])
         noisy = {"emb_out", "ffn_out", "q", "k", "v"}
+        self.per_layer = {n for n in init if cfg.per_layer and n not in ("emb_out", "emb_in")}
         self.width = nn.ParameterDict()
         for name, M in init.items():
+            if (
+                name in self.per_layer
+            ):  # one copy per small layer, each with its own noise: [L1, n_new, n_old]
+                M = M.expand(src.n_layers, *M.shape).clone()
             if name in noisy and cfg.noise > 0:
                 M = (
                     M
-                    + torch.randn(M.shape, generator=g) * (cfg.noise / math.sqrt(M.shape[1])) * M.abs().max()
+                    + torch.randn(M.shape, generator=g) * (cfg.noise / math.sqrt(M.shape[-1])) * M.abs().max()
                 )
             self.width[name] = nn.Parameter(M, requires_grad=cfg.train_width)
 
@@ -312,22 +334,27 @@ class LigoOperator(nn.Module):
 
     # -- operator matrices ----------------------------------------------------------------------------
     def matrix(self, name: str) -> torch.Tensor:
-        """Dense operator [n_new, n_old] for a channel space."""
+        """Dense operator for a channel space: [n_new, n_old], or [L1, n_new, n_old] when per layer."""
         M = self.width[name]
         if self.head_structured and name in ("q", "k", "v", "o_in"):
-            eye = torch.eye(self.src.dh, device=M.device, dtype=M.dtype)
-            return torch.kron(M, eye)  # kron(H, I_dh): whole heads mix, rotary pairs stay intact
+            # kron(H, I_dh) (batched over layers): whole heads mix, rotary pairs stay intact
+            dh = self.src.dh
+            eye = torch.eye(dh, device=M.device, dtype=M.dtype)
+            K = M[..., :, None, :, None] * eye[:, None, :]
+            return K.reshape(*M.shape[:-2], M.shape[-2] * dh, M.shape[-1] * dh)
         return M
 
     def _widen(
         self, W: torch.Tensor, role: tuple[str | None, ...], mats: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """W [..., n0(, n1)] -> op0 W op1^T, batched over leading (layer) axes."""
+        """W [..., n0(, n1)] -> op0 W op1^T, batched over leading (layer) axes; an operator is [n_new, n_old]
+        or, per layer, [L, n_new, n_old] matching W's leading axis."""
         nd = len(role)
         if role[0] is not None:
-            W = torch.matmul(mats[role[0]], W) if nd == 2 else W @ mats[role[0]].t()
+            M = mats[role[0]]
+            W = torch.matmul(M, W) if nd == 2 else torch.matmul(M, W.unsqueeze(-1)).squeeze(-1)
         if nd == 2 and role[1] is not None:
-            W = W @ mats[role[1]].t()
+            W = W @ mats[role[1]].transpose(-1, -2)
         return W
 
     def grow(self, small: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -339,10 +366,10 @@ class LigoOperator(nn.Module):
         for k in self.top_keys:
             out[k] = self._widen(small[k], param_role(k, self.tgt), mats)
         for key in self.layer_keys:
-            stacked = stacks[key]  # [L1, ...]
+            # width first (small layer j by its own operators), then depth: large layer i = sum_j w_ij W'_j
+            widened = self._widen(stacks[key], param_role(f"layers.0.{key}", self.tgt), mats)  # [L1, ...]
             w = self.depth[key.replace(".", "__")]  # [L2, L1]
-            mixed = torch.einsum("ij,j...->i...", w, stacked)  # [L2, ...] depth first: width ops are shared
-            grown = self._widen(mixed, param_role(f"layers.0.{key}", self.tgt), mats)
+            grown = torch.einsum("ij,j...->i...", w, widened)  # [L2, ...]
             for i in range(self.tgt.n_layers):
                 out[f"layers.{i}.{key}"] = grown[i]
         return out
@@ -358,15 +385,14 @@ class LigoOperator(nn.Module):
         return self
 
     def grow_flops(self) -> float:
-        """FLOPs of one ``grow()``: depth mixing (2 L2 L1 per element) + the width matmuls."""
+        """FLOPs of one ``grow()``: the width matmuls (per small layer) + depth mixing (2 L2 L1 per grown
+        element)."""
         total = 0.0
-        shapes = {n: tuple(self.matrix(n).shape) for n in self.width}
+        shapes = {n: tuple(self.matrix(n).shape[-2:]) for n in self.width}
         L1, L2 = self.src.n_layers, self.tgt.n_layers
         for key in self.layer_keys + self.top_keys:
             t = self.small[f"layers.0.{key}"] if key in self.layer_keys else self.small[key]
-            reps = L2 if key in self.layer_keys else 1
-            if key in self.layer_keys:
-                total += 2.0 * L2 * L1 * t.numel()
+            reps = L1 if key in self.layer_keys else 1
             role = param_role(f"layers.0.{key}" if key in self.layer_keys else key, self.tgt)
             dims = list(t.shape)
             for axis, op in enumerate(role):
@@ -376,6 +402,8 @@ class LigoOperator(nn.Module):
                 other = math.prod(dims) // dims[axis]
                 total += reps * 2.0 * n_new * n_old * other
                 dims[axis] = n_new
+            if key in self.layer_keys:
+                total += 2.0 * L2 * L1 * math.prod(dims)
         return total
 
 

@@ -228,8 +228,17 @@ class GrowTrainer:
     def _build_optimizer(self) -> None:
         cfg = self.cfg
         if self.phase == "ligo":
-            ocfg = OptimConfig(name="adamw", lr=cfg.ligo.lr, weight_decay=cfg.ligo.weight_decay)
-            self.opt = build_optimizer(self.op.named_parameters(), ocfg)
+            lc = cfg.ligo
+            groups = [
+                {"params": [p for p in self.op.width.parameters() if p.requires_grad], "lr": lc.lr},
+                {
+                    "params": [p for p in self.op.depth.parameters() if p.requires_grad],
+                    "lr": lc.depth_lr if lc.depth_lr is not None else lc.lr,
+                },
+            ]
+            self.opt = torch.optim.AdamW(
+                [g for g in groups if g["params"]], lr=lc.lr, weight_decay=lc.weight_decay
+            )
             sched = ScheduleConfig(kind="constant", warmup_steps=cfg.ligo.resolved_warmup)
             self.sched = build_scheduler(self.opt, sched, self.ligo_steps)
             self.params = [p for p in self.op.parameters() if p.requires_grad]

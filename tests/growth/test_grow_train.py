@@ -205,3 +205,23 @@ def test_bert_mlm_growth_uses_the_checkpoint_tokenizer(corpus, tmp_path):
     assert transformers.AutoTokenizer.from_pretrained(grown).get_vocab() == tok.get_vocab()
     hf = transformers.AutoModelForMaskedLM.from_pretrained(grown)
     assert hf.config.hidden_size == 32 and hf.config.num_hidden_layers == 2
+
+
+def test_depth_coefficients_take_their_own_learning_rate(corpus, small_ckpt, tmp_path):
+    """Adam's first step moves a coordinate by its group's LR (times g/(|g| + eps), so 1% less for tiny
+    gradients; zero gradients, here the depth coefficients of the all-zero fresh biases, do not move)."""
+    from growth.train import GrowTrainer
+
+    cfg = _cfg(
+        corpus, small_ckpt, tmp_path / "r", "--ligo.lr=1e-5", "--ligo.depth_lr=1e-2", "--ligo.warmup_steps=0"
+    )
+    tr = GrowTrainer(cfg, log=False)
+    before = {n: p.detach().clone() for n, p in tr.op.named_parameters()}
+    tr.step()
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in tr.op.named_parameters()}
+    depth = [v for n, v in moved.items() if n.startswith("depth.") and v > 0]
+    width = [v for n, v in moved.items() if n.startswith("width.")]
+    assert len(depth) >= 8 and all(0.99e-2 < v <= 1.0001e-2 for v in depth), moved
+    assert width and all(0.99e-5 < v <= 1.002e-5 for v in width), moved
+    with pytest.raises(ValueError, match="ligo.depth_lr=-1.0 must be > 0"):
+        _cfg(corpus, small_ckpt, tmp_path / "x", "--ligo.depth_lr=-1")

@@ -126,6 +126,40 @@ def test_gate_and_up_share_the_ffn_operator():
     tgt = target_config(src, "d_model=32,heads=8,ffn=64")
     op = LigoOperator(m.state_dict(), src, tgt, LigoConfig(noise=0.1))
     g = op.grow()
-    Bf, Ae = op.matrix("ffn_out"), op.matrix("emb_in")
+    Bf, Ae = op.matrix("ffn_out")[0], op.matrix("emb_in")  # layer 0's FFN operator (stacking: w_00 = 1)
     torch.testing.assert_close(g["layers.0.gate.weight"], Bf @ m.layers[0].gate.weight @ Ae.t())
     torch.testing.assert_close(g["layers.0.up.weight"], Bf @ m.layers[0].up.weight @ Ae.t())
+
+
+@pytest.mark.parametrize("family", ["gpt2_tied", "llama_gqa_tied"])
+def test_per_layer_width_operators_follow_the_paper(family):
+    """Paper eq.: large layer i = sum_j w_ij B_j W_j A_j^T with per-small-layer q/k/v/o/FFN operators and the
+    shared residual-stream ones; with equal per-layer operators it equals the shared parameterization."""
+    src, m = small_model(family)
+    tgt = target_config(
+        src,
+        "layers=3,d_model=24,ffn=40" if family.startswith("llama") else "layers=3,d_model=24,heads=6,ffn=40",
+    )
+    shared = LigoOperator(m.state_dict(), src, tgt, LigoConfig(noise=0.0, per_layer=False))
+    per = LigoOperator(m.state_dict(), src, tgt, LigoConfig(noise=0.0, per_layer=True))
+    assert per.width["q"].shape == (src.n_layers, *shared.width["q"].shape)
+    assert per.width["emb_out"].shape == shared.width["emb_out"].shape
+    gs, gp = shared.grow(), per.grow()
+    for k in gs:
+        torch.testing.assert_close(gp[k], gs[k], rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        for p in per.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    g = per.grow()
+    W = [m.layers[j].down.weight.detach() for j in range(src.n_layers)]
+    B, w = per.matrix("emb_out"), per.depth["down__weight"]
+    for i in range(tgt.n_layers):
+        want = sum(w[i, j] * B @ W[j] @ per.matrix("ffn_in")[j].t() for j in range(src.n_layers))
+        torch.testing.assert_close(g[f"layers.{i}.down.weight"], want, rtol=1e-5, atol=1e-5)
+    Wq = [m.layers[j].q.weight.detach() for j in range(src.n_layers)]
+    want = sum(
+        w_ij * per.matrix("q")[j] @ Wq[j] @ per.matrix("emb_in").t()
+        for j, w_ij in enumerate(per.depth["q__weight"][1])
+    )
+    torch.testing.assert_close(g["layers.1.q.weight"], want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(per.matrix("q")[0], per.matrix("q")[1])
