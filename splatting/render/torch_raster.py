@@ -12,11 +12,13 @@
    sigma < 0 or alpha < 1/255; compositing stops before the Gaussian that would bring the transmittance
    T to <= 1e-4; C = sum_i c_i alpha_i T_i + T_final * background.
 
-Everything is vectorized: the tile intersections are generated with ``repeat_interleave``, sorted once by
-(tile, depth); tiles are grouped by how many Gaussians they hold, so each chunk is a dense
-[tiles, K, pixels] block with little padding, and ``cumprod`` along K gives every pixel's transmittance.
-The compositing backward is analytic and recomputes each chunk's fragments instead of storing them, so
-memory stays bounded by ``chunk_elems`` in both passes.
+Everything is vectorized: the tile intersections are generated with ``repeat_interleave``, pairs whose
+opacity-scaled ellipse misses every pixel centre of the tile are culled exactly (``tile_touches``), and the
+rest are sorted once by (tile, depth); tiles are grouped by how many Gaussians they hold, so each chunk is a
+dense [tiles, K, pixels] block with little padding, and ``cumprod`` along K gives every pixel's
+transmittance. Tiles whose pixels are all saturated leave their chunk between depth blocks. The compositing
+backward is analytic and recomputes each chunk's fragments instead of storing them, so memory stays bounded
+by ``chunk_elems`` in both passes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from torch import Tensor
 from splatting.render.sh import sh_to_color
 
 __all__ = ["RasterSettings", "DEFAULT_SETTINGS", "quat_to_rotmat", "covariance_3d", "project_ewa", "isect_tiles",
-           "rasterize_to_pixels", "rasterize", "tile_bounds"]
+           "rasterize_to_pixels", "rasterize", "tile_bounds",
+           "tile_touches"]
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,39 @@ def isect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, 
     return tile[order], gid[order]
 
 
+@torch.no_grad()
+def tile_touches(tile_of: Tensor, gauss_of: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
+                 tile_size: int, tiles_x: int, alpha_min: float) -> Tensor:
+    """Which (tile, Gaussian) pairs can pass the alpha test at some pixel of the tile. [M] bool.
+
+    The bounding box of the 3-sigma extent also covers tiles that the opacity-scaled ellipse
+    sigma(d) = 0.5 d^T C d <= ln(o / alpha_min) never reaches (for round Gaussians the box corners, for
+    oblique ones most of the box). The minimum of the convex sigma over the rectangle of the tile's pixel
+    centres is 0 when the mean lies inside, else it lies on an edge, where the 1-D minimum along the edge is
+    closed form (clamped to the edge). Pairs whose minimum exceeds the threshold would be skipped by the
+    alpha test at every pixel, so dropping them changes neither images nor gradients.
+    """
+    if tile_of.numel() == 0:
+        return torch.ones(0, dtype=torch.bool, device=tile_of.device)
+    m = means2d.detach()[gauss_of]
+    a, b, c = conics.detach()[gauss_of].unbind(-1)
+    x0 = (tile_of % tiles_x).to(m.dtype) * tile_size + 0.5 - m[:, 0]
+    y0 = torch.div(tile_of, tiles_x, rounding_mode="floor").to(m.dtype) * tile_size + 0.5 - m[:, 1]
+    x1, y1 = x0 + (tile_size - 1), y0 + (tile_size - 1)
+
+    def sigma(dx: Tensor, dy: Tensor) -> Tensor:
+        return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+
+    best = torch.where((x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0), torch.zeros_like(a),
+                       torch.full_like(a, float("inf")))
+    for dx in (x0, x1):  # vertical edges: minimise over dy
+        best = torch.minimum(best, sigma(dx, torch.minimum(torch.maximum(-b * dx / c, y0), y1)))
+    for dy in (y0, y1):  # horizontal edges: minimise over dx
+        best = torch.minimum(best, sigma(torch.minimum(torch.maximum(-b * dy / a, x0), x1), dy))
+    thresh = torch.log(opacities.detach()[gauss_of].clamp_min(1e-30) / alpha_min)
+    return best <= thresh + 1e-3  # a margin for rounding: keeping a pair is always safe
+
+
 def _block_alpha(pix: Tensor, gids: Tensor, slot_ok: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
                  alpha_min: float, alpha_max: float):
     """Fragments of K' depth slots of B tiles: dx, dy, exp(-sigma), raw alpha, kept alpha, all [B, K', P]."""
@@ -170,11 +206,13 @@ def _block_alpha(pix: Tensor, gids: Tensor, slot_ok: Tensor, means2d: Tensor, co
     con = conics[gids]  # [B, K', 3]
     dx = pix[:, None, :, 0] - m[..., 0, None]  # [B, K', P]
     dy = pix[:, None, :, 1] - m[..., 1, None]
-    sigma = 0.5 * (con[..., 0, None] * dx * dx + con[..., 2, None] * dy * dy) + con[..., 1, None] * dx * dy
+    half = 0.5 * con[..., 0::2, None]  # a/2, c/2 [B, K', 2, 1]: per slot, so scaling is cheap
+    # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy = dx (a/2 dx + b dy) + c/2 dy^2, with fused multiply-adds
+    sigma = torch.addcmul(half[..., 1, :] * dy * dy, dx, torch.addcmul(con[..., 1, None] * dy, half[..., 0, :], dx))
     gauss = torch.exp(-sigma)
-    raw = opacities[gids][..., None] * gauss
+    raw = torch.where(slot_ok, opacities[gids], 0.0)[..., None] * gauss  # padded slots: alpha 0, skipped below
     alpha = torch.clamp_max(raw, alpha_max)
-    keep = slot_ok[..., None] & (sigma >= 0) & (alpha >= alpha_min)
+    keep = (sigma >= 0) & (alpha >= alpha_min)
     return dx, dy, gauss, raw, torch.where(keep, alpha, torch.zeros_like(alpha))
 
 
@@ -192,8 +230,10 @@ def _march(alpha: Tensor, t_raw: Tensor, t_used: Tensor, t_min: float) -> tuple[
 
 
 class _Composite(torch.autograd.Function):
-    """Front-to-back compositing of B tiles, K depth slots each, in blocks of ``k_block`` slots that stop as
-    soon as every pixel of the chunk is saturated (T <= t_min); analytic backward, nothing stored per fragment.
+    """Front-to-back compositing of B tiles, K depth slots each, in blocks of ``k_block`` slots; analytic
+    backward, nothing stored per fragment. After a block, once a quarter of the chunk's tiles have every pixel
+    saturated (T <= t_min) those tiles leave it (their later fragments would all be skipped), and the chunk
+    stops when none is left; the backward replays the same drops.
 
     C_p = sum_k alpha_k T_k c_k + T_K bg, T_k = prod_{i<k} (1 - alpha_i). With q_k = alpha_k T_k (c_k . g_p),
     g_p = dL/dC_p, ga_p = dL/d(1 - T_K), the suffix S_k = sum_{j>k} q_j + T_K (bg . g_p) = C_p . g_p -
@@ -210,22 +250,43 @@ class _Composite(torch.autograd.Function):
         t_raw = torch.ones(n_tiles, n_pix, dtype=pix.dtype, device=pix.device)
         t_used = t_raw.clone()
         color = torch.zeros(n_tiles, n_pix, colors.shape[-1], dtype=pix.dtype, device=pix.device)
+        t_used_all, color_all = t_used, color
+        live = torch.arange(n_tiles, device=pix.device)  # chunk tiles still compositing
+        px, gi, ok = pix, gids, slot_ok
+        drops = []  # (slot k, keep): from slot k on only live[keep] go on (their pixels are not all saturated)
         k_end = 0
         with torch.no_grad():
             for k0 in range(0, k_total, k_block):
-                g = gids[:, k0:k0 + k_block]
-                *_, alpha = _block_alpha(pix, g, slot_ok[:, k0:k0 + k_block], means2d, conics, opacities,
+                g = gi[:, k0:k0 + k_block]
+                *_, alpha = _block_alpha(px, g, ok[:, k0:k0 + k_block], means2d, conics, opacities,
                                          alpha_min, alpha_max)
                 alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
                 weights = alpha * (t_incl / (1.0 - alpha))  # alpha_k T_k
                 color += torch.einsum("bkp,bkd->bpd", weights, colors[g])
                 t_used = t_next
                 k_end = k0 + k_block
-                if bool((t_raw <= t_min).all()):
+                if k_end >= k_total:
                     break
+                going = (t_raw > t_min).any(1)  # [B_live]
+                n_going = int(going.sum())
+                if n_going == 0:
+                    break
+                if n_going <= 0.75 * going.shape[0]:  # a quarter of the tiles are saturated: drop them
+                    if drops:
+                        t_used_all[live], color_all[live] = t_used, color
+                    else:  # still full size: the gathers below make new tensors, these stay as the outputs
+                        t_used_all, color_all = t_used, color
+                    keep = going.nonzero()[:, 0]
+                    live, px, gi, ok = live[keep], px[keep], gi[keep], ok[keep]
+                    t_raw, t_used, color = t_raw[keep], t_used[keep], color[keep]
+                    drops.append((k_end, keep))
+            if drops:
+                t_used_all[live], color_all[live] = t_used, color
+                t_used, color = t_used_all, color_all
             out = color + t_used[..., None] * background
         ctx.save_for_backward(pix, gids, slot_ok, means2d, conics, opacities, colors, background, out, t_used)
         ctx.consts = (alpha_min, alpha_max, t_min, k_block, k_end)
+        ctx.drops = drops
         return out, 1.0 - t_used
 
     @staticmethod
@@ -238,40 +299,48 @@ class _Composite(torch.autograd.Function):
         g_conics = torch.zeros_like(conics) if need_c else None
         g_opac = torch.zeros_like(opacities) if need_o else None
         g_colors = torch.zeros_like(colors) if need_col else None
-        cg_total = (out * g_color).sum(-1)  # C_p . g_p  [B, P]
+        # per-tile constants: C_p . g_p - T_K ga_p (the suffix S_k = that - q_incl), g_p
+        cg_ga = (out * g_color).sum(-1) - t_final * g_alpha  # [B, P]
+        gc = g_color
+        px, gi, ok = pix, gids, slot_ok
         t_raw = torch.ones_like(t_final)
         t_used = torch.ones_like(t_final)
         q_prefix = torch.zeros_like(t_final)
+        drops = iter(ctx.drops)
+        k_drop, keep = next(drops, (None, None))
         for k0 in range(0, k_end, k_block):
-            g = gids[:, k0:k0 + k_block]
-            dx, dy, gauss, raw, alpha = _block_alpha(pix, g, slot_ok[:, k0:k0 + k_block], means2d, conics,
+            if k0 == k_drop:  # replay the forward's dropping of saturated tiles
+                px, gi, ok, gc, cg_ga = px[keep], gi[keep], ok[keep], gc[keep], cg_ga[keep]
+                t_raw, t_used, q_prefix = t_raw[keep], t_used[keep], q_prefix[keep]
+                k_drop, keep = next(drops, (None, None))
+            g = gi[:, k0:k0 + k_block]
+            dx, dy, gauss, raw, alpha = _block_alpha(px, g, ok[:, k0:k0 + k_block], means2d, conics,
                                                      opacities, alpha_min, alpha_max)
             alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
             one_minus = 1.0 - alpha
             t_excl = t_incl / one_minus  # T_k
-            cg = torch.einsum("bkd,bpd->bkp", colors[g], g_color)  # c_k . g_p
+            cg = torch.einsum("bkd,bpd->bkp", colors[g], gc)  # c_k . g_p
             w = alpha * t_excl
             q_incl = q_prefix[:, None, :] + torch.cumsum(w * cg, dim=1)
-            suffix = cg_total[:, None, :] - q_incl  # S_k
-            d_alpha = t_excl * cg - (suffix - (t_final * g_alpha)[:, None, :]) / one_minus
+            d_alpha = t_excl * cg - (cg_ga[:, None, :] - q_incl) / one_minus
             d_alpha = torch.where((alpha > 0) & (raw < alpha_max), d_alpha, torch.zeros_like(d_alpha))
             flat = g.reshape(-1)
             if need_col:
-                g_colors.index_add_(0, flat, torch.einsum("bkp,bpd->bkd", w, g_color).reshape(-1, d))
+                g_colors.index_add_(0, flat, torch.einsum("bkp,bpd->bkd", w, gc).reshape(-1, d))
             if need_o:
                 g_opac.index_add_(0, flat, (d_alpha * gauss).sum(-1).reshape(-1))
             if need_m or need_c:
-                d_sigma = -d_alpha * raw  # [B, K', P]
-                con = conics[g]
-                a, b, c = con[..., 0, None], con[..., 1, None], con[..., 2, None]
+                # e = -dL/dsigma per fragment; the conic and mean partials are sums over the tile's pixels of
+                # e times dx^2, dx dy, dy^2 (conic) and e dx, e dy (mean), times per-slot constants
+                e = d_alpha * raw  # [B, K', P]
+                u, v = e * dx, e * dy
                 if need_c:
                     g_conics.index_add_(0, flat, torch.stack(
-                        [(0.5 * d_sigma * dx * dx).sum(-1), (d_sigma * dx * dy).sum(-1),
-                         (0.5 * d_sigma * dy * dy).sum(-1)], dim=-1).reshape(-1, 3))
-                if need_m:  # d sigma / d mean = -(d sigma / d (dx, dy))
-                    g_means.index_add_(0, flat, torch.stack(
-                        [-(d_sigma * (a * dx + b * dy)).sum(-1), -(d_sigma * (c * dy + b * dx)).sum(-1)],
-                        dim=-1).reshape(-1, 2))
+                        [-0.5 * (u * dx).sum(-1), -(u * dy).sum(-1), -0.5 * (v * dy).sum(-1)], dim=-1).reshape(-1, 3))
+                if need_m:  # d sigma / d mean = -(a dx + b dy, c dy + b dx)
+                    su, sv = u.sum(-1), v.sum(-1)  # [B, K']
+                    a, b, c = conics[g].unbind(-1)
+                    g_means.index_add_(0, flat, torch.stack([a * su + b * sv, c * sv + b * su], dim=-1).reshape(-1, 2))
             q_prefix = q_incl[:, -1, :]
             t_used = t_next
         g_bg = (t_final[..., None] * g_color).sum((0, 1)) if need_bg else None
@@ -290,6 +359,8 @@ def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colo
 
     tile_of, gauss_of = isect_tiles(means2d, binning_radii(conics, opacities, radii, settings), depths, ts,
                                     tiles_x, tiles_y)
+    touch = tile_touches(tile_of, gauss_of, means2d, conics, opacities, ts, tiles_x, settings.alpha_min)
+    tile_of, gauss_of = tile_of[touch], gauss_of[touch]
     counts = torch.bincount(tile_of, minlength=n_tiles)  # [T]
     offsets = torch.cumsum(counts, 0) - counts
     order = torch.argsort(counts, descending=True, stable=True)  # fullest tiles first
