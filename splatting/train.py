@@ -123,6 +123,10 @@ class TrainConfig:
     sh_degree_interval: int = field(default=1000, metadata={"help": "raise the SH degree by one every N steps"})
     init_opacity: float = field(default=0.1, metadata={"help": "initial opacity of every Gaussian"})
     init_scale: float = field(default=1.0, metadata={"help": "initial scale = this x mean 3-NN distance"})
+    init_random: int = field(default=0, metadata={
+        "help": "add this many random points (uniform in a cube of half-side init_extent x scene scale, random "
+                "colours) to the SfM points: starts Gaussians where SfM found none, e.g. walls and tables"})
+    init_extent: float = field(default=3.0, metadata={"help": "half-side of the random-init cube / scene scale"})
     ssim_lambda: float = field(default=0.2, metadata={"help": "weight of the D-SSIM term in the loss"})
     lr: LRConfig = field(default_factory=LRConfig)
     strategy: DensifyConfig = field(default_factory=DensifyConfig)
@@ -140,12 +144,26 @@ class TrainConfig:
             raise ValueError(f"sh_degree_interval must be >= 1, got {self.sh_degree_interval}")
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
+        if self.init_random < 0 or not self.init_extent > 0:
+            raise ValueError(f"init_random must be >= 0 and init_extent > 0, got {self.init_random} and "
+                             f"{self.init_extent}")
         if not 0 <= self.ssim_lambda <= 1:
             raise ValueError(f"ssim_lambda must be in [0, 1], got {self.ssim_lambda}")
 
 
 # --------------------------------------------------------------------------------------------------------
 # pieces
+
+
+def initial_points(scene, cfg: TrainConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The SfM points and colours, plus ``cfg.init_random`` uniform random ones (gsplat's random init) in the
+    cube [-e, e]^3, e = init_extent x scene scale, with random colours."""
+    points, colors = scene.points, scene.point_colors
+    if cfg.init_random:
+        half = cfg.init_extent * scene.scene_scale
+        points = torch.cat([points, (torch.rand(cfg.init_random, 3, generator=generator) * 2 - 1) * half])
+        colors = torch.cat([colors, torch.rand(cfg.init_random, 3, generator=generator)])
+    return points, colors
 
 
 def make_optimizers(params: torch.nn.ParameterDict, lr: LRConfig, scene_scale: float
@@ -290,8 +308,9 @@ def train(cfg: TrainConfig, scene: Scene | None = None, stop_after: int | None =
     else:
         start = 0
         init_gen = torch.Generator().manual_seed(cfg.run.seed)
-        params = init_gaussians(scene.points, scene.point_colors, cfg.sh_degree, cfg.init_opacity,
-                                cfg.init_scale, generator=init_gen).to(device)
+        points, colors = initial_points(scene, cfg, init_gen)
+        params = init_gaussians(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale,
+                                generator=init_gen).to(device)
         optimizers = make_optimizers(params, cfg.lr, scene_scale)
         sstate = strategy.initialize_state(scene_scale)
     strategy.check_sanity(params, optimizers)

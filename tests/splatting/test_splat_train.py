@@ -107,3 +107,22 @@ def test_resume_refuses_a_changed_sh_degree(scene, tmp_path):
     train(_cfg(scene, run, steps=4), stop_after=2)
     with pytest.raises(ConfigError, match="cannot resume.*sh_degree"):
         train(_cfg(scene, run, steps=4, sh_degree=2))
+
+
+def test_random_init_adds_points_inside_the_cube(scene, tmp_path):
+    from splatting.colmap import load_scene
+    from splatting.train import initial_points
+
+    sc = load_scene(str(scene), 1)
+    cfg = _cfg(scene, tmp_path / "r", init_random=500, init_extent=2.0)
+    pts, cols = initial_points(sc, cfg, torch.Generator().manual_seed(0))
+    n = len(sc.points)
+    assert pts.shape == (n + 500, 3) and cols.shape == (n + 500, 3)
+    assert torch.equal(pts[:n], sc.points) and torch.equal(cols[:n], sc.point_colors)
+    extra = pts[n:] / (2.0 * sc.scene_scale)
+    assert extra.abs().max() <= 1 and extra.abs().max() > 0.95 and extra.mean(0).abs().max() < 0.1  # fills it
+    assert 0 <= cols[n:].min() and cols[n:].max() <= 1
+    plain, _ = initial_points(sc, _cfg(scene, tmp_path / "p"), torch.Generator().manual_seed(0))
+    assert torch.equal(plain, sc.points)
+    with pytest.raises(ConfigError, match="init_random must be >= 0"):
+        _cfg(scene, tmp_path / "x", init_random=-1)
