@@ -61,15 +61,18 @@ class RenderConfig:
         default="auto", metadata={"help": "auto: gsplat CUDA on a GPU when installed, else our PyTorch rasterizer"})
     tile_size: int = field(default=8, metadata={"help": "tile size in pixels (the image does not depend on it)"})
     chunk_elems: int = field(default=1 << 22, metadata={"help": "fragments per compositing chunk (bounds memory)"})
+    store_elems: int = field(default=1 << 26, metadata={
+        "help": "forward fragment values (4 bytes each) kept per render for the backward, which recomputes the "
+                "rest; 0 recomputes all (least memory, slower)"})
     background: Literal["black", "white", "random"] = field(
         default="black", metadata={"help": "background colour behind the Gaussians while training"})
 
     def __post_init__(self):
-        if self.tile_size < 1 or self.chunk_elems < 1:
-            raise ValueError("render.tile_size and render.chunk_elems must be >= 1")
+        if self.tile_size < 1 or self.chunk_elems < 1 or self.store_elems < 0:
+            raise ValueError("render.tile_size and render.chunk_elems must be >= 1, render.store_elems >= 0")
 
     def settings(self) -> RasterSettings:
-        return RasterSettings(tile_size=self.tile_size, chunk_elems=self.chunk_elems)
+        return RasterSettings(tile_size=self.tile_size, chunk_elems=self.chunk_elems, store_elems=self.store_elems)
 
 
 @dataclass

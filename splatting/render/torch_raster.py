@@ -17,8 +17,8 @@ opacity-scaled ellipse misses every pixel centre of the tile are culled exactly 
 rest are sorted once by (tile, depth); tiles are grouped by how many Gaussians they hold, so each chunk is a
 dense [tiles, K, pixels] block with little padding, and ``cumprod`` along K gives every pixel's
 transmittance. Tiles whose pixels are all saturated leave their chunk between depth blocks. The compositing
-backward is analytic and recomputes each chunk's fragments instead of storing them, so memory stays bounded
-by ``chunk_elems`` in both passes.
+backward is analytic; it reuses the forward's fragments (exp(-sigma), alpha, T) up to ``store_elems`` floats
+per call and recomputes the rest, so memory stays bounded by ``chunk_elems`` + ``store_elems``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class RasterSettings:
     transmittance_min: float = 1e-4
     tile_size: int = 16
     chunk_elems: int = 1 << 22  # fragments (tile x Gaussian slot x pixel) held at once
+    store_elems: int = 1 << 26  # floats of forward fragments kept for the backward per call (0: recompute all)
     k_block: int = 32  # depth slots composited per step; a chunk stops once all its pixels are saturated
     pad_ratio: float = 0.75  # tiles share a chunk only if they hold >= this fraction of its fullest tile's count
 
@@ -141,11 +142,13 @@ def binning_radii(conics: Tensor, opacities: Tensor, radii: Tensor, settings: Ra
 
 
 @torch.no_grad()
-def isect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tiles_x: int, tiles_y: int
+def isect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tiles_x: int, tiles_y: int,
+                conics: Tensor | None = None, opacities: Tensor | None = None, alpha_min: float = 1.0 / 255.0
                 ) -> tuple[Tensor, Tensor]:
     """All (tile, Gaussian) pairs of one view, sorted by tile then depth; no loop over Gaussians.
 
-    means2d [N, 2], radii [N, 2], depths [N] -> (tile_ids [M], gauss_ids [M]) int64.
+    means2d [N, 2], radii [N, 2], depths [N] -> (tile_ids [M], gauss_ids [M]) int64. With ``conics`` [N, 3]
+    and ``opacities`` [N], pairs that no pixel of the tile needs are culled before sorting (``tile_touches``).
     """
     n = means2d.shape[0]
     device = means2d.device
@@ -158,6 +161,9 @@ def isect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, 
     w = span[gid, 0]
     tx = lo[gid, 0] + local % w
     ty = lo[gid, 1] + local // w
+    if conics is not None and opacities is not None:
+        keep = _touches(tx, ty, gid, means2d, conics, opacities, tile_size, alpha_min)
+        tx, ty, gid = tx[keep], ty[keep], gid[keep]
     tile = ty * tiles_x + tx
     # Sort key = tile * N + depth rank: one int64 sort gives tile-major, front-to-back order.
     rank = torch.empty(n, dtype=torch.long, device=device)
@@ -178,24 +184,30 @@ def tile_touches(tile_of: Tensor, gauss_of: Tensor, means2d: Tensor, conics: Ten
     closed form (clamped to the edge). Pairs whose minimum exceeds the threshold would be skipped by the
     alpha test at every pixel, so dropping them changes neither images nor gradients.
     """
-    if tile_of.numel() == 0:
-        return torch.ones(0, dtype=torch.bool, device=tile_of.device)
-    m = means2d.detach()[gauss_of]
-    a, b, c = conics.detach()[gauss_of].unbind(-1)
-    x0 = (tile_of % tiles_x).to(m.dtype) * tile_size + 0.5 - m[:, 0]
-    y0 = torch.div(tile_of, tiles_x, rounding_mode="floor").to(m.dtype) * tile_size + 0.5 - m[:, 1]
+    return _touches(tile_of % tiles_x, torch.div(tile_of, tiles_x, rounding_mode="floor"), gauss_of, means2d,
+                    conics, opacities, tile_size, alpha_min)
+
+
+@torch.no_grad()
+def _touches(tx: Tensor, ty: Tensor, gid: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
+             tile_size: int, alpha_min: float) -> Tensor:
+    if gid.numel() == 0:
+        return torch.ones(0, dtype=torch.bool, device=gid.device)
+    m = means2d.detach()[gid]
+    a, b, c = conics.detach()[gid].unbind(-1)
+    x0 = tx.to(m.dtype) * tile_size + 0.5 - m[:, 0]
+    y0 = ty.to(m.dtype) * tile_size + 0.5 - m[:, 1]
     x1, y1 = x0 + (tile_size - 1), y0 + (tile_size - 1)
 
     def sigma(dx: Tensor, dy: Tensor) -> Tensor:
         return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
 
-    best = torch.where((x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0), torch.zeros_like(a),
-                       torch.full_like(a, float("inf")))
+    best = torch.where((x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0), 0.0, float("inf"))
     for dx in (x0, x1):  # vertical edges: minimise over dy
         best = torch.minimum(best, sigma(dx, torch.minimum(torch.maximum(-b * dx / c, y0), y1)))
     for dy in (y0, y1):  # horizontal edges: minimise over dx
         best = torch.minimum(best, sigma(torch.minimum(torch.maximum(-b * dy / a, x0), x1), dy))
-    thresh = torch.log(opacities.detach()[gauss_of].clamp_min(1e-30) / alpha_min)
+    thresh = torch.log(opacities.detach()[gid].clamp_min(1e-30) / alpha_min)
     return best <= thresh + 1e-3  # a margin for rounding: keeping a pair is always safe
 
 
@@ -231,7 +243,8 @@ def _march(alpha: Tensor, t_raw: Tensor, t_used: Tensor, t_min: float) -> tuple[
 
 class _Composite(torch.autograd.Function):
     """Front-to-back compositing of B tiles, K depth slots each, in blocks of ``k_block`` slots; analytic
-    backward, nothing stored per fragment. After a block, once a quarter of the chunk's tiles have every pixel
+    backward that reuses the forward's fragments while the call's ``store_elems`` budget lasts and recomputes
+    them after that. After a block, once a quarter of the chunk's tiles have every pixel
     saturated (T <= t_min) those tiles leave it (their later fragments would all be skipped), and the chunk
     stops when none is left; the backward replays the same drops.
 
@@ -244,7 +257,7 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pix, gids, slot_ok, means2d, conics, opacities, colors, background, alpha_min, alpha_max,
-                t_min, k_block):
+                t_min, k_block, budget):
         n_tiles, k_total = gids.shape
         n_pix = pix.shape[1]
         t_raw = torch.ones(n_tiles, n_pix, dtype=pix.dtype, device=pix.device)
@@ -254,16 +267,22 @@ class _Composite(torch.autograd.Function):
         live = torch.arange(n_tiles, device=pix.device)  # chunk tiles still compositing
         px, gi, ok = pix, gids, slot_ok
         drops = []  # (slot k, keep): from slot k on only live[keep] go on (their pixels are not all saturated)
+        stored = []  # per block: (exp(-sigma), alpha, inclusive T, t_raw after it), or None past the budget
         k_end = 0
         with torch.no_grad():
             for k0 in range(0, k_total, k_block):
                 g = gi[:, k0:k0 + k_block]
-                *_, alpha = _block_alpha(px, g, ok[:, k0:k0 + k_block], means2d, conics, opacities,
-                                         alpha_min, alpha_max)
+                _, _, gauss, _, alpha = _block_alpha(px, g, ok[:, k0:k0 + k_block], means2d, conics, opacities,
+                                                     alpha_min, alpha_max)
                 alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
                 weights = alpha * (t_incl / (1.0 - alpha))  # alpha_k T_k
                 color += torch.einsum("bkp,bkd->bpd", weights, colors[g])
                 t_used = t_next
+                if budget[0] >= 3 * alpha.numel():  # keep the fragments: the backward then skips recomputing them
+                    budget[0] -= 3 * alpha.numel()
+                    stored.append((gauss, alpha, t_incl, t_raw))
+                else:
+                    stored.append(None)
                 k_end = k0 + k_block
                 if k_end >= k_total:
                     break
@@ -275,7 +294,7 @@ class _Composite(torch.autograd.Function):
                     if drops:
                         t_used_all[live], color_all[live] = t_used, color
                     else:  # still full size: the gathers below make new tensors, these stay as the outputs
-                        t_used_all, color_all = t_used, color
+                        t_used_all, color_all = t_used.clone(), color  # t_used is a view of a kept t_incl
                     keep = going.nonzero()[:, 0]
                     live, px, gi, ok = live[keep], px[keep], gi[keep], ok[keep]
                     t_raw, t_used, color = t_raw[keep], t_used[keep], color[keep]
@@ -287,6 +306,7 @@ class _Composite(torch.autograd.Function):
         ctx.save_for_backward(pix, gids, slot_ok, means2d, conics, opacities, colors, background, out, t_used)
         ctx.consts = (alpha_min, alpha_max, t_min, k_block, k_end)
         ctx.drops = drops
+        ctx.stored = stored
         return out, 1.0 - t_used
 
     @staticmethod
@@ -314,9 +334,18 @@ class _Composite(torch.autograd.Function):
                 t_raw, t_used, q_prefix = t_raw[keep], t_used[keep], q_prefix[keep]
                 k_drop, keep = next(drops, (None, None))
             g = gi[:, k0:k0 + k_block]
-            dx, dy, gauss, raw, alpha = _block_alpha(px, g, ok[:, k0:k0 + k_block], means2d, conics,
-                                                     opacities, alpha_min, alpha_max)
-            alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
+            kept = ctx.stored[k0 // k_block]
+            if kept is not None:  # the forward's fragments: only dx, dy and the raw alpha are recomputed
+                gauss, alpha, t_incl, t_raw = kept
+                m = means2d[g]
+                dx = px[:, None, :, 0] - m[..., 0, None]
+                dy = px[:, None, :, 1] - m[..., 1, None]
+                raw = opacities[g][..., None] * gauss  # wrong on padded slots, where alpha = 0 masks it
+                t_next = t_incl[:, -1, :]
+            else:
+                dx, dy, gauss, raw, alpha = _block_alpha(px, g, ok[:, k0:k0 + k_block], means2d, conics,
+                                                         opacities, alpha_min, alpha_max)
+                alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
             one_minus = 1.0 - alpha
             t_excl = t_incl / one_minus  # T_k
             cg = torch.einsum("bkd,bpd->bkp", colors[g], gc)  # c_k . g_p
@@ -344,13 +373,19 @@ class _Composite(torch.autograd.Function):
             q_prefix = q_incl[:, -1, :]
             t_used = t_next
         g_bg = (t_final[..., None] * g_color).sum((0, 1)) if need_bg else None
-        return None, None, None, g_means, g_conics, g_opac, g_colors, g_bg, None, None, None, None
+        ctx.stored = None
+        return None, None, None, g_means, g_conics, g_opac, g_colors, g_bg, None, None, None, None, None
 
 
 def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, radii: Tensor,
                         depths: Tensor, width: int, height: int, background: Tensor | None = None,
-                        settings: RasterSettings = DEFAULT_SETTINGS) -> tuple[Tensor, Tensor, int]:
-    """Rasterize one view. [N, 2], [N, 3], [N], [N, D], [N, 2], [N] -> image [H, W, D], alpha [H, W, 1], M."""
+                        settings: RasterSettings = DEFAULT_SETTINGS, store_budget: list[int] | None = None
+                        ) -> tuple[Tensor, Tensor, int]:
+    """Rasterize one view. [N, 2], [N, 3], [N], [N, D], [N, 2], [N] -> image [H, W, D], alpha [H, W, 1], M.
+
+    ``store_budget`` ([floats]) is how many forward fragment values may be kept for the backward; it is
+    decremented in place, so views rendered together share it (default: ``settings.store_elems``)."""
+    budget = store_budget if store_budget is not None else [settings.store_elems]
     ts = settings.tile_size
     tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
     n_tiles, n_pix = tiles_x * tiles_y, ts * ts
@@ -358,9 +393,7 @@ def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colo
     bg = background if background is not None else torch.zeros(d, device=device, dtype=dtype)
 
     tile_of, gauss_of = isect_tiles(means2d, binning_radii(conics, opacities, radii, settings), depths, ts,
-                                    tiles_x, tiles_y)
-    touch = tile_touches(tile_of, gauss_of, means2d, conics, opacities, ts, tiles_x, settings.alpha_min)
-    tile_of, gauss_of = tile_of[touch], gauss_of[touch]
+                                    tiles_x, tiles_y, conics, opacities, settings.alpha_min)
     counts = torch.bincount(tile_of, minlength=n_tiles)  # [T]
     offsets = torch.cumsum(counts, 0) - counts
     order = torch.argsort(counts, descending=True, stable=True)  # fullest tiles first
@@ -387,7 +420,7 @@ def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colo
         origin = torch.stack([tiles % tiles_x, tiles // tiles_x], dim=-1).to(dtype) * ts  # [B, 2]
         pix = origin[:, None, :] + local[None]  # [B, P, 2]
         args = (pix, gids, slot_ok, means2d, conics, opacities, colors, bg,
-                settings.alpha_min, settings.alpha_max, settings.transmittance_min, settings.k_block)
+                settings.alpha_min, settings.alpha_max, settings.transmittance_min, settings.k_block, budget)
         col, alp = _Composite.apply(*args)
         outs_c.append(col)
         outs_a.append(alp)
@@ -433,10 +466,11 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     else:
         view_colors = colors[None].expand(n_cams, -1, -1)
     images, alphas, n_isects = [], [], 0
+    budget = [settings.store_elems]  # shared by the views: bounds what the whole call keeps for the backward
     for c in range(n_cams):  # views are few; Gaussians and pixels are vectorized
         bg = backgrounds[c] if backgrounds is not None else None
         img, alp, m = rasterize_to_pixels(means2d[c], conics[c], view_opac[c], view_colors[c], radii[c],
-                                          depths[c], width, height, bg, settings)
+                                          depths[c], width, height, bg, settings, budget)
         images.append(img)
         alphas.append(alp)
         n_isects += m

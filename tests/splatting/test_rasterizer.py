@@ -61,9 +61,11 @@ def test_images_and_gradients_match_bruteforce_reference(seed, n, tile, chunk, o
         assert (a - b).abs().max() < 1e-4 * max(1.0, b.abs().max().item()), name
 
 
-def test_saturated_tiles_leave_early_without_changing_images_or_gradients(monkeypatch):
+@pytest.mark.parametrize("store", [0, 20_000, 1 << 26])  # backward recomputes all / some / none of the fragments
+def test_saturated_tiles_leave_early_without_changing_images_or_gradients(monkeypatch, store):
     """Tiles whose every pixel is saturated drop out of their chunk between depth blocks (forward and the
-    replaying backward); small blocks and tiles make that happen often, and the result stays exact."""
+    replaying backward); small blocks and tiles make that happen often, and the result stays exact, whether
+    the backward reuses the forward's fragments (within ``store_elems``) or recomputes them."""
     from splatting.render import torch_raster
 
     original = torch_raster._Composite.forward
@@ -75,7 +77,7 @@ def test_saturated_tiles_leave_early_without_changing_images_or_gradients(monkey
         return out
 
     monkeypatch.setattr(torch_raster._Composite, "forward", staticmethod(spy))
-    settings = RasterSettings(tile_size=4, k_block=2)
+    settings = RasterSettings(tile_size=4, k_block=2, store_elems=store)
     (img, alpha, g), (ref, ref_alpha, g_ref), _ = _fast_and_reference(300, 4, 80, 64, settings, opac_lo=0.9,
                                                                      spread=0.4)
     assert sum(drops) >= 5 and max(drops) >= 2, drops  # several chunks drop tiles, some more than once
