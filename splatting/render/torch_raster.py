@@ -50,7 +50,7 @@ class RasterSettings:
     tile_size: int = 16
     chunk_elems: int = 1 << 22  # fragments (tile x Gaussian slot x pixel) held at once
     store_elems: int = 1 << 26  # floats of forward fragments kept for the backward per call (0: recompute all)
-    k_block: int = 32  # depth slots composited per step; a chunk stops once all its pixels are saturated
+    k_block: int = 32  # depth slots composited per step; saturated tiles leave their chunk between steps
     pad_ratio: float = 0.75  # tiles share a chunk only if they hold >= this fraction of its fullest tile's count
 
 
@@ -211,13 +211,16 @@ def _touches(tx: Tensor, ty: Tensor, gid: Tensor, means2d: Tensor, conics: Tenso
     return best <= thresh + 1e-3  # a margin for rounding: keeping a pair is always safe
 
 
+def _offsets(pix: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """Pixel minus mean for every slot and pixel: pix [B, P, 2], m [B, K', 2] -> dx, dy [B, K', P]."""
+    return pix[:, None, :, 0] - m[..., 0, None], pix[:, None, :, 1] - m[..., 1, None]
+
+
 def _block_alpha(pix: Tensor, gids: Tensor, slot_ok: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
                  alpha_min: float, alpha_max: float):
     """Fragments of K' depth slots of B tiles: dx, dy, exp(-sigma), raw alpha, kept alpha, all [B, K', P]."""
-    m = means2d[gids]  # [B, K', 2]
     con = conics[gids]  # [B, K', 3]
-    dx = pix[:, None, :, 0] - m[..., 0, None]  # [B, K', P]
-    dy = pix[:, None, :, 1] - m[..., 1, None]
+    dx, dy = _offsets(pix, means2d[gids])  # [B, K', P] each
     half = 0.5 * con[..., 0::2, None]  # a/2, c/2 [B, K', 2, 1]: per slot, so scaling is cheap
     # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy = dx (a/2 dx + b dy) + c/2 dy^2, with fused multiply-adds
     sigma = torch.addcmul(half[..., 1, :] * dy * dy, dx, torch.addcmul(con[..., 1, None] * dy, half[..., 0, :], dx))
@@ -268,6 +271,7 @@ class _Composite(torch.autograd.Function):
         px, gi, ok = pix, gids, slot_ok
         drops = []  # (slot k, keep): from slot k on only live[keep] go on (their pixels are not all saturated)
         stored = []  # per block: (exp(-sigma), alpha, inclusive T, t_raw after it), or None past the budget
+        want = any(ctx.needs_input_grad[3:8])  # rendering without gradients keeps nothing
         k_end = 0
         with torch.no_grad():
             for k0 in range(0, k_total, k_block):
@@ -278,7 +282,7 @@ class _Composite(torch.autograd.Function):
                 weights = alpha * (t_incl / (1.0 - alpha))  # alpha_k T_k
                 color += torch.einsum("bkp,bkd->bpd", weights, colors[g])
                 t_used = t_next
-                if budget[0] >= 3 * alpha.numel():  # keep the fragments: the backward then skips recomputing them
+                if want and budget[0] >= 3 * alpha.numel():  # keep them: the backward skips recomputing them
                     budget[0] -= 3 * alpha.numel()
                     stored.append((gauss, alpha, t_incl, t_raw))
                 else:
@@ -337,9 +341,7 @@ class _Composite(torch.autograd.Function):
             kept = ctx.stored[k0 // k_block]
             if kept is not None:  # the forward's fragments: only dx, dy and the raw alpha are recomputed
                 gauss, alpha, t_incl, t_raw = kept
-                m = means2d[g]
-                dx = px[:, None, :, 0] - m[..., 0, None]
-                dy = px[:, None, :, 1] - m[..., 1, None]
+                dx, dy = _offsets(px, means2d[g])
                 raw = opacities[g][..., None] * gauss  # wrong on padded slots, where alpha = 0 masks it
                 t_next = t_incl[:, -1, :]
             else:

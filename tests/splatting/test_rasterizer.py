@@ -203,3 +203,26 @@ def test_tile_culling_keeps_exactly_the_tiles_some_pixel_of_which_passes_the_alp
     assert not (want & ~got).any()  # never drops a tile that some pixel needs
     assert (got & ~want).sum() <= 0.02 * want.sum()  # and keeps few that none needs (rectangle vs pixel centres)
     assert want.sum() < 0.5 * len(want)  # the case is not trivial
+
+
+def test_fragments_are_kept_for_the_backward_only_when_gradients_are_needed(monkeypatch):
+    from splatting.render import torch_raster
+
+    original = torch_raster._Composite.forward
+    kept = []
+
+    def spy(ctx, *args):
+        out = original(ctx, *args)
+        kept.append(sum(x is not None for x in ctx.stored))
+        return out
+
+    monkeypatch.setattr(torch_raster._Composite, "forward", staticmethod(spy))
+    means, quats, scales, opac, cols = _scene(60, 0, torch.float32)
+    viewmats, Ks = _camera(32, 24, torch.float32)
+    means.requires_grad_()
+    with torch.no_grad():
+        rasterize(means, quats, scales, opac, cols, viewmats, Ks, 32, 24)
+    assert kept and sum(kept) == 0
+    kept.clear()
+    rasterize(means, quats, scales, opac, cols, viewmats, Ks, 32, 24)
+    assert sum(kept) > 0
