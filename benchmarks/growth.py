@@ -71,7 +71,7 @@ SETTINGS = {
 EXCLUDE = "[__pycache__,site-packages,test,tests,idlelib,tkinter,lib2to3,ensurepip,turtledemo]"
 
 
-def _config(s: dict, run_dir: Path, extra: list[str], lr: float | None = None) -> GrowConfig:
+def _config(s: dict, run_dir: Path, extra: list[str], lr: float | None = None, seed: int = 0) -> GrowConfig:
     return load_config(
         GrowConfig,
         None,
@@ -90,6 +90,7 @@ def _config(s: dict, run_dir: Path, extra: list[str], lr: float | None = None) -
             "--train.optim.weight_decay=0.1",
             "--train.schedule.warmup_steps=20",
             "--train.schedule.min_lr_ratio=0.1",
+            f"--run.seed={seed}",
             *extra,
         ],
     )
@@ -118,6 +119,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--work", default=None, help="folder for run dirs (default: a temp folder)")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seed of every run (init, operator noise, data order)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     s = SETTINGS["quick" if args.quick else "full"]
@@ -131,6 +135,7 @@ def main() -> None:
             s,
             work / "small",
             ["--method=scratch", f"--target={s['small']}", f"--train.steps={s['small_steps']}"],
+            seed=args.seed,
         ),
         log=True,
     )
@@ -146,8 +151,12 @@ def main() -> None:
     # 2. three growth runs, interleaved step by step
     common = [f"--small={small_dir}", f"--target={s['target']}", f"--train.steps={s['steps']}"]
     runs = {
-        "scratch": GrowTrainer(_config(s, work / "scratch", common + ["--method=scratch"]), log=True),
-        "stack": GrowTrainer(_config(s, work / "stack", common + ["--method=stack"], s["grown_lr"]), log=True),
+        "scratch": GrowTrainer(
+            _config(s, work / "scratch", common + ["--method=scratch"], seed=args.seed), log=True
+        ),
+        "stack": GrowTrainer(
+            _config(s, work / "stack", common + ["--method=stack"], s["grown_lr"], seed=args.seed), log=True
+        ),
         "ligo": GrowTrainer(
             _config(
                 s,
@@ -161,6 +170,7 @@ def main() -> None:
                     "--ligo.warmup_steps=3",
                 ],
                 s["grown_lr"],
+                seed=args.seed,
             ),
             log=True,
         ),
@@ -255,6 +265,7 @@ def main() -> None:
         "growth",
         {
             **s,
+            "seed": args.seed,
             "methods": list(runs),
             "wall_clock_note": "training steps only, evaluation excluded; runs interleaved step by step",
         },
