@@ -219,7 +219,10 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in step_times.items() if v}
     n_op = runs["ligo"].ligo_steps
     ligo_steps_used = lg["step"] if lg["step"] is not None else curves["ligo"][-1]["step"]
-    ligo_wall = n_op * med.get("ligo_ligo", 0.0) + (ligo_steps_used - n_op) * med["ligo_train"]
+    # reached during the operator phase (possible in --quick): only operator steps count
+    ligo_wall = min(ligo_steps_used, n_op) * med.get("ligo_ligo", 0.0) + max(
+        0, ligo_steps_used - n_op
+    ) * med.get("ligo_train", 0.0)
     wall_saved = 1.0 - ligo_wall / (curves["scratch"][-1]["step"] * med["scratch"])
     op_end = next(p["flops"] for p in curves["ligo"] if p["step"] == runs["ligo"].ligo_steps)
     hi = min(curves["ligo"][-1]["flops"], curves["stack"][-1]["flops"])
