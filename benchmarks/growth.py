@@ -1,8 +1,9 @@
 """Growth benchmark: LiGO vs stacking + Net2Net vs scratch on CPython's standard-library sources.
 
 1. Train a small byte-level GPT (the source checkpoint; its cost is reported separately).
-2. Grow it to 2x depth and 2x width three ways and train each on the same data, same schedule and same
-   number of normal-training steps; LiGO also spends its operator steps (counted in its cost). Scratch
+2. Grow it to 2x depth and 2x width three ways and train each on the same data and schedule with the same
+   total compute: LiGO's operator steps count in its cost, and its training phase is shorter by their
+   FLOPs, so its LR schedule ends where stacking's does and equal-compute points sit at the same LR. Scratch
    trains at its own peak LR; both grown models continue at a lower one (``grown_lr``: at scratch's LR the
    first steps after growth undo most of what growth gave them).
    The three runs advance one step each in turn (A B C A B C ...) so machine noise hits them alike.
@@ -157,24 +158,38 @@ def main() -> None:
         "stack": GrowTrainer(
             _config(s, work / "stack", common + ["--method=stack"], s["grown_lr"], seed=args.seed), log=True
         ),
-        "ligo": GrowTrainer(
+    }
+    ligo_args = [
+        f"--small={small_dir}",
+        f"--target={s['target']}",
+        "--method=ligo",
+        f"--ligo.steps={s['ligo_steps']}",
+        f"--ligo.lr={s['ligo_lr']}",
+        f"--ligo.depth_lr={s['ligo_depth_lr']}",
+        "--ligo.warmup_steps=3",
+    ]
+
+    def ligo_run(train_steps: int) -> GrowTrainer:
+        return GrowTrainer(
             _config(
-                s,
-                work / "ligo",
-                common
-                + [
-                    "--method=ligo",
-                    f"--ligo.steps={s['ligo_steps']}",
-                    f"--ligo.lr={s['ligo_lr']}",
-                    f"--ligo.depth_lr={s['ligo_depth_lr']}",
-                    "--ligo.warmup_steps=3",
-                ],
-                s["grown_lr"],
-                seed=args.seed,
+                s, work / "ligo", ligo_args + [f"--train.steps={train_steps}"], s["grown_lr"], seed=args.seed
             ),
             log=True,
-        ),
-    }
+        )
+
+    # equal budgets: LiGO's training phase is shortened by the operator phase's compute, so its LR
+    # schedule spans the same FLOPs as stacking's and equal-compute points sit at the same LR
+    probe = ligo_run(s["steps"])
+    op_equiv = round(probe.ligo_steps * (probe.step_flops + probe.op_step_flops) / probe.step_flops)
+    probe.close()
+    del probe
+    shutil.rmtree(work / "ligo")
+    runs["ligo"] = ligo_run(s["steps"] - op_equiv)
+    print(
+        f"LiGO: {s['ligo_steps']} operator steps = {op_equiv} training steps of compute; "
+        f"{s['steps'] - op_equiv} training steps after them",
+        flush=True,
+    )
     curves: dict[str, list[dict]] = {m: [] for m in runs}
     for m, tr in runs.items():
         curves[m].append({"step": 0, "flops": 0.0, "wall": 0.0, "val_loss": tr.evaluate()})
