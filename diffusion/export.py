@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from diffusion.edm import EDMConfig
 from diffusion.model import PatchEDM
 from diffusion.sample import SampleConfig
@@ -73,6 +75,9 @@ def load_exported(folder: str | Path) -> tuple[PatchEDM, EDMConfig, int]:
         )
     meta = json.loads(meta_path.read_text())
     unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    with torch.no_grad():  # own, aligned storage: diffusers 0.42 loads into unaligned memory, which rounds differently
+        for t in list(unet.parameters()) + list(unet.buffers()):
+            t.data = t.data.clone(memory_format=torch.contiguous_format)
     edm = EDMConfig(
         sigma_data=meta["sigma_data"],
         p_mean=meta["p_mean"],
