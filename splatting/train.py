@@ -130,6 +130,11 @@ class TrainConfig:
         "help": "add this many random points (uniform in a cube of half-side init_extent x scene scale, random "
                 "colours) to the SfM points: starts Gaussians where SfM found none, e.g. walls and tables"})
     init_extent: float = field(default=3.0, metadata={"help": "half-side of the random-init cube / scene scale"})
+    init_views: int = field(default=1, metadata={
+        "help": "keep a random point only if at least this many training cameras see it (0: keep all); a point "
+                "no training view sees never gets a gradient and shows up in test views as a stray blob"})
+    init_color: Literal["image", "random"] = field(default="image", metadata={
+        "help": "colour of random points: image = mean of the training pixels they project to, or random"})
     ssim_lambda: float = field(default=0.2, metadata={"help": "weight of the D-SSIM term in the loss"})
     lr: LRConfig = field(default_factory=LRConfig)
     strategy: DensifyConfig = field(default_factory=DensifyConfig)
@@ -150,6 +155,8 @@ class TrainConfig:
         if self.init_random < 0 or not self.init_extent > 0:
             raise ValueError(f"init_random must be >= 0 and init_extent > 0, got {self.init_random} and "
                              f"{self.init_extent}")
+        if self.init_views < 0:
+            raise ValueError(f"init_views must be >= 0, got {self.init_views}")
         if not 0 <= self.ssim_lambda <= 1:
             raise ValueError(f"ssim_lambda must be in [0, 1], got {self.ssim_lambda}")
 
@@ -158,15 +165,51 @@ class TrainConfig:
 # pieces
 
 
-def initial_points(scene, cfg: TrainConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The SfM points and colours, plus ``cfg.init_random`` uniform random ones (gsplat's random init) in the
-    cube [-e, e]^3, e = init_extent x scene scale, with random colours."""
+def seen_by(points: Tensor, views, images: list[Tensor] | None = None, near: float = 1e-2
+            ) -> tuple[Tensor, Tensor | None]:
+    """How many of ``views`` see each point (in front of the camera by more than ``near``, projecting inside
+    the image) and, with ``images`` ([H, W, 3] per view), the mean colour of the pixels it lands on (zero
+    where no view sees it). points [N, 3] -> counts [N] (int), colours [N, 3] or None."""
+    counts = torch.zeros(len(points), dtype=torch.long)
+    csum = torch.zeros(len(points), 3) if images is not None else None
+    for i, v in enumerate(views):
+        w2c = v.viewmat.to(points)
+        pc = points @ w2c[:3, :3].T + w2c[:3, 3]
+        z = pc[:, 2]
+        uv = pc[:, :2] / z.clamp_min(near)[:, None] * v.K[[0, 1], [0, 1]].to(points) + v.K[:2, 2].to(points)
+        ok = (z > near) & (uv[:, 0] >= 0) & (uv[:, 0] < v.width) & (uv[:, 1] >= 0) & (uv[:, 1] < v.height)
+        counts += ok.long()
+        if images is not None:
+            px = uv[ok].long()
+            csum[ok] += images[i][px[:, 1], px[:, 0]].to(csum)
+    colors = csum / counts.clamp_min(1)[:, None].to(csum) if csum is not None else None
+    return counts, colors
+
+
+def initial_points(scene, cfg: TrainConfig, generator: torch.Generator, log=None) -> tuple[Tensor, Tensor]:
+    """The SfM points and colours, plus ``cfg.init_random`` random ones (gsplat's random init): uniform in the
+    cube [-e, e]^3, e = init_extent x scene scale, kept where at least ``init_views`` training cameras see
+    them (drawn until there are enough), coloured by the training pixels they project to or at random."""
     points, colors = scene.points, scene.point_colors
-    if cfg.init_random:
-        half = cfg.init_extent * scene.scene_scale
-        points = torch.cat([points, (torch.rand(cfg.init_random, 3, generator=generator) * 2 - 1) * half])
-        colors = torch.cat([colors, torch.rand(cfg.init_random, 3, generator=generator)])
-    return points, colors
+    if not cfg.init_random:
+        return points, colors
+    half = cfg.init_extent * scene.scene_scale
+    want, kept, drawn = cfg.init_random, [], 0
+    while sum(len(k) for k in kept) < want and drawn < 100 * want:
+        cand = (torch.rand(want, 3, generator=generator) * 2 - 1) * half
+        drawn += want
+        if cfg.init_views:
+            cand = cand[seen_by(cand, scene.train)[0] >= cfg.init_views]
+        kept.append(cand)
+    extra = torch.cat(kept)[:want]
+    if len(extra) < want and log is not None:
+        log.info(f"init_random: only {len(extra)} of {want} random points are seen by >= {cfg.init_views} "
+                 f"training views within the cube of half-side {cfg.init_extent} x scene scale")
+    if cfg.init_color == "image":
+        extra_colors = seen_by(extra, scene.train, [scene.image(v) for v in scene.train])[1]
+    else:
+        extra_colors = torch.rand(len(extra), 3, generator=generator)
+    return torch.cat([points, extra]), torch.cat([colors, extra_colors])
 
 
 def make_optimizers(params: torch.nn.ParameterDict, lr: LRConfig, scene_scale: float
@@ -311,7 +354,7 @@ def train(cfg: TrainConfig, scene: Scene | None = None, stop_after: int | None =
     else:
         start = 0
         init_gen = torch.Generator().manual_seed(cfg.run.seed)
-        points, colors = initial_points(scene, cfg, init_gen)
+        points, colors = initial_points(scene, cfg, init_gen, log)
         params = init_gaussians(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale,
                                 generator=init_gen).to(device)
         optimizers = make_optimizers(params, cfg.lr, scene_scale)

@@ -114,7 +114,7 @@ def test_random_init_adds_points_inside_the_cube(scene, tmp_path):
     from splatting.train import initial_points
 
     sc = load_scene(str(scene), 1)
-    cfg = _cfg(scene, tmp_path / "r", init_random=500, init_extent=2.0)
+    cfg = _cfg(scene, tmp_path / "r", init_random=500, init_extent=2.0, init_views=0, init_color="random")
     pts, cols = initial_points(sc, cfg, torch.Generator().manual_seed(0))
     n = len(sc.points)
     assert pts.shape == (n + 500, 3) and cols.shape == (n + 500, 3)
@@ -126,3 +126,34 @@ def test_random_init_adds_points_inside_the_cube(scene, tmp_path):
     assert torch.equal(plain, sc.points)
     with pytest.raises(ConfigError, match="init_random must be >= 0"):
         _cfg(scene, tmp_path / "x", init_random=-1)
+    with pytest.raises(ConfigError, match="init_views must be >= 0"):
+        _cfg(scene, tmp_path / "x", init_views=-1)
+
+
+def test_random_init_keeps_points_training_views_see_coloured_by_their_pixels(scene, tmp_path):
+    from splatting.colmap import load_scene
+    from splatting.train import initial_points
+
+    sc = load_scene(str(scene), 1)
+    n = len(sc.points)
+    cfg = _cfg(scene, tmp_path / "r", init_random=300, init_extent=3.0, init_views=2)
+    pts, cols = initial_points(sc, cfg, torch.Generator().manual_seed(0))
+    extra, extra_cols = pts[n:], cols[n:]
+    assert len(extra) == 300 and (extra.abs() <= 3.0 * sc.scene_scale).all()
+    # brute force per point and view: in front of the camera and inside the image, pixel colours averaged
+    for p, c in zip(extra[:40], extra_cols[:40]):
+        seen = []
+        for v in sc.train:
+            q = torch.linalg.inv(v.camtoworld)[:3].double() @ torch.cat([p.double(), torch.ones(1).double()])
+            if q[2] <= 1e-2:
+                continue
+            u = v.K[0, 0] * q[0] / q[2] + v.K[0, 2]
+            w = v.K[1, 1] * q[1] / q[2] + v.K[1, 2]
+            if 0 <= u < v.width and 0 <= w < v.height:
+                seen.append(sc.image(v)[int(w), int(u)])
+        assert len(seen) >= 2
+        torch.testing.assert_close(c, torch.stack(seen).mean(0), atol=1e-5, rtol=0)
+    # a cube much larger than the views' reach: most draws are rejected, the count still holds
+    cfg = _cfg(scene, tmp_path / "r", init_random=100, init_extent=30.0, init_views=1)
+    far = initial_points(sc, cfg, torch.Generator().manual_seed(1))[0][n:]
+    assert len(far) == 100
