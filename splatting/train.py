@@ -127,8 +127,8 @@ class TrainConfig:
     init_opacity: float = field(default=0.1, metadata={"help": "initial opacity of every Gaussian"})
     init_scale: float = field(default=1.0, metadata={"help": "initial scale = this x mean 3-NN distance"})
     init_random: int = field(default=0, metadata={
-        "help": "add this many random points (uniform in a cube of half-side init_extent x scene scale, random "
-                "colours) to the SfM points: starts Gaussians where SfM found none, e.g. walls and tables"})
+        "help": "add this many random points (uniform in a cube of half-side init_extent x scene scale; see "
+                "init_views, init_color) to the SfM points: starts Gaussians where SfM found none, e.g. walls"})
     init_extent: float = field(default=3.0, metadata={"help": "half-side of the random-init cube / scene scale"})
     init_views: int = field(default=1, metadata={
         "help": "keep a random point only if at least this many training cameras see it (0: keep all); a point "
