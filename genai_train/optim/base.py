@@ -61,12 +61,17 @@ def hf_adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: l
 
 
 def adam_direction(grads: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
-                   k: int, beta1: float, beta2: float, eps: float) -> list[torch.Tensor]:
+                   k: int, beta1: float, beta2: float, eps: float,
+                   out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Update the Adam moments of ``grads`` in place and return **-N**, N = m / (sqrt(v) + eps) (GaLore/
-    APOLLO's normalised low-rank gradient, no bias correction), fused into one pass where possible."""
-    if _fused_ok(grads + exp_avgs + exp_avg_sqs):
+    APOLLO's normalised low-rank gradient, no bias correction), fused into one pass where possible.
+    ``out``: tensors shaped like ``grads`` to write -N into (else new ones are allocated)."""
+    if _fused_ok(grads + exp_avgs + exp_avg_sqs + (out or [])):
         # fused Adam on a zero "parameter" with lr = (1-b1^k)/sqrt(1-b2^k) leaves exactly -N in it
-        out = [torch.zeros_like(g) for g in grads]
+        if out is None:
+            out = [torch.zeros_like(g) for g in grads]
+        else:
+            torch._foreach_zero_(out)
         bc2_sqrt = math.sqrt(1.0 - beta2 ** k)
         _fused_adam_(out, grads, exp_avgs, exp_avg_sqs, k, (1.0 - beta1 ** k) / bc2_sqrt, beta1, beta2,
                      eps / bc2_sqrt)
@@ -76,8 +81,11 @@ def adam_direction(grads: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps)
-    out = torch._foreach_div(exp_avgs, denom)
-    torch._foreach_neg_(out)
+    neg = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_neg_(neg)
+    if out is None:
+        return neg
+    torch._foreach_copy_(out, neg)
     return out
 
 

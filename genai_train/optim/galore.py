@@ -58,8 +58,15 @@ class GaLore(ProjectedAdam):
                     s["proj"] = torch.eye(min(g.shape), dtype=g.dtype, device=g.device)
                 else:
                     s["proj"] = svd_basis(g, group["rank"])
-        rs = [project(g, s["proj"]) for g, s in zip(gs, states)]  # [m, r] tall | [r, n] wide
-        neg_ns = adam_direction(rs, ms, vs, k, b1, b2, eps)  # -M / (sqrt(V) + eps)
-        step_size = lr * math.sqrt(1.0 - b2 ** k) / (1.0 - b1 ** k)
-        for p, neg_n, s in zip(params, neg_ns, states):
-            project_back_(matrix_view(p), neg_n, s["proj"], alpha=step_size * group["scale"])
+        alpha = lr * math.sqrt(1.0 - b2 ** k) / (1.0 - b1 ** k) * group["scale"]
+        # one matrix at a time through two reused workspaces: the r-dim gradient is still in cache when its
+        # update is projected back, and the step's transient memory is two r-dim matrices, not two per weight
+        work: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        for p, g, s, m, v in zip(params, gs, states, ms, vs):
+            key = (m.shape, m.dtype, m.device)
+            if key not in work:
+                work[key] = (torch.empty_like(m), torch.empty_like(m))
+            r, neg_n = work[key]
+            project(g, s["proj"], out=r)  # [m, r] tall | [r, n] wide
+            adam_direction([r], [m], [v], k, b1, b2, eps, out=[neg_n])
+            project_back_(matrix_view(p), neg_n, s["proj"], alpha=alpha)

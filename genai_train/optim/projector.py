@@ -73,9 +73,10 @@ def split_seed(seed: int) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def project(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """R = G P^T (tall, [m, r]) or P^T G (wide, [r, n]) for a one-sided projection P."""
-    return g @ p.t() if is_tall(*g.shape) else p.t() @ g
+def project(g: torch.Tensor, p: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """R = G P^T (tall, [m, r]) or P^T G (wide, [r, n]) for a one-sided projection P (into ``out`` if given)."""
+    a, b = (g, p.t()) if is_tall(*g.shape) else (p.t(), g)
+    return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
 
 
 def project_back_(w: torch.Tensor, n: torch.Tensor, p: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -60,6 +60,29 @@ def test_galore_full_rank_identity_equals_reference_adamw_same_eps():
     assert max_rel_diff(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # fused kernel | foreach fallback
+def test_adam_direction_into_workspace_equals_closed_form(dtype):
+    from genai_train.optim.base import adam_direction
+
+    gen = torch.Generator().manual_seed(0)
+    gs = [torch.randn(5, 3, generator=gen, dtype=dtype) for _ in range(2)]
+    m0 = [torch.randn(5, 3, generator=gen, dtype=dtype) for _ in range(2)]
+    v0 = [torch.rand(5, 3, generator=gen, dtype=dtype) for _ in range(2)]
+    b1, b2, eps, k = 0.9, 0.999, 1e-6, 4
+    ms, vs = [m.clone() for m in m0], [v.clone() for v in v0]
+    fresh = adam_direction(gs, ms, vs, k, b1, b2, eps)
+    ms2, vs2 = [m.clone() for m in m0], [v.clone() for v in v0]
+    work = [torch.full_like(g, 7.0) for g in gs]  # stale contents must not leak into the result
+    got = adam_direction(gs, ms2, vs2, k, b1, b2, eps, out=work)
+    assert all(a is b for a, b in zip(got, work))
+    for g, m, v, f, w, m_new, v_new in zip(gs, m0, v0, fresh, work, ms2, vs2):
+        assert torch.equal(f, w)
+        m_ref, v_ref = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        torch.testing.assert_close(m_new, m_ref)
+        torch.testing.assert_close(v_new, v_ref)
+        torch.testing.assert_close(w, -m_ref / (v_ref.sqrt() + eps))
+
+
 def test_galore_projector_is_compact_copy():
     a, _ = make_pair()
     opt = build_optimizer(a, _cfg("galore"))
