@@ -81,11 +81,12 @@ def adam_direction(grads: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps)
-    neg = torch._foreach_div(exp_avgs, denom)
-    torch._foreach_neg_(neg)
     if out is None:
-        return neg
-    torch._foreach_copy_(out, neg)
+        out = torch._foreach_div(exp_avgs, denom)
+    else:
+        torch._foreach_copy_(out, exp_avgs)
+        torch._foreach_div_(out, denom)
+    torch._foreach_neg_(out)
     return out
 
 
