@@ -84,13 +84,20 @@ class APOLLO(ProjectedAdam):
                 r = shape[0] if g.shape[0] >= g.shape[1] else shape[1]
                 s["proj"] = gaussian(tuple(shape), s["seed"], g.device, rank=r).to(g.dtype)
                 s["seed"] = next_seed(s["seed"])
-        rs = [project(g, s["proj"]) for g, s in zip(gs, states)]  # [m, r] | [r, n]
-        rts = adam_direction(rs, ms, vs, k, b1, b2, eps)  # -Rt: only its norms are used
         step_size = lr * math.sqrt(1.0 - b2 ** k) / (1.0 - b1 ** k)
         sqrt_alpha = math.sqrt(group["scale"])
         gamma = group["norm_growth_limit"]
         front = group["scale_front"]
-        for p, g, r, rt, s in zip(params, gs, rs, rts, states):
+        # one matrix at a time through two reused workspaces (as GaLore): R and -Rt are still in cache
+        # when their norms are taken, and the step's transient memory is two r-dim matrices
+        work: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        for p, g, s, m, v in zip(params, gs, states, ms, vs):
+            key = (m.shape, m.dtype, m.device)
+            if key not in work:
+                work[key] = (torch.empty_like(m), torch.empty_like(m))
+            r, rt = work[key]
+            project(g, s["proj"], out=r)  # [m, r] | [r, n]
+            adam_direction([r], [m], [v], k, b1, b2, eps, out=[rt])  # -Rt: only its norms are used
             coef, u_norm = apollo_scaling(r, rt, g, group["scale_type"])
             if front:
                 coef, u_norm = coef * sqrt_alpha, u_norm * sqrt_alpha
