@@ -29,6 +29,7 @@ from genai_train.optim.projector import (
     matrix_view,
     next_seed,
     project,
+    reused_workspaces,
 )
 
 __all__ = ["APOLLO", "apollo_scaling"]
@@ -88,14 +89,7 @@ class APOLLO(ProjectedAdam):
         sqrt_alpha = math.sqrt(group["scale"])
         gamma = group["norm_growth_limit"]
         front = group["scale_front"]
-        # one matrix at a time through two reused workspaces (as GaLore): R and -Rt are still in cache
-        # when their norms are taken, and the step's transient memory is two r-dim matrices
-        work: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        for p, g, s, m, v in zip(params, gs, states, ms, vs):
-            key = (m.shape, m.dtype, m.device)
-            if key not in work:
-                work[key] = (torch.empty_like(m), torch.empty_like(m))
-            r, rt = work[key]
+        for p, g, s, m, v, (r, rt) in zip(params, gs, states, ms, vs, reused_workspaces(ms)):
             project(g, s["proj"], out=r)  # [m, r] | [r, n]
             adam_direction([r], [m], [v], k, b1, b2, eps, out=[rt])  # -Rt: only its norms are used
             coef, u_norm = apollo_scaling(r, rt, g, group["scale_type"])

@@ -26,6 +26,7 @@ from genai_train.optim.projector import (
     matrix_view,
     project,
     project_back_,
+    reused_workspaces,
     svd_basis,
 )
 
@@ -59,14 +60,7 @@ class GaLore(ProjectedAdam):
                 else:
                     s["proj"] = svd_basis(g, group["rank"])
         alpha = lr * math.sqrt(1.0 - b2 ** k) / (1.0 - b1 ** k) * group["scale"]
-        # one matrix at a time through two reused workspaces: the r-dim gradient is still in cache when its
-        # update is projected back, and the step's transient memory is two r-dim matrices, not two per weight
-        work: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        for p, g, s, m, v in zip(params, gs, states, ms, vs):
-            key = (m.shape, m.dtype, m.device)
-            if key not in work:
-                work[key] = (torch.empty_like(m), torch.empty_like(m))
-            r, neg_n = work[key]
+        for p, g, s, m, v, (r, neg_n) in zip(params, gs, states, ms, vs, reused_workspaces(ms)):
             project(g, s["proj"], out=r)  # [m, r] tall | [r, n] wide
             adam_direction([r], [m], [v], k, b1, b2, eps, out=[neg_n])
             project_back_(matrix_view(p), neg_n, s["proj"], alpha=alpha)

@@ -16,7 +16,7 @@ import torch
 from genai_train.optim.base import CoreOptimizer, hf_adamw_
 
 __all__ = ["matrix_view", "is_tall", "svd_basis", "gaussian", "next_seed", "split_seed", "project",
-           "project_back_", "projection_shape", "ProjectedAdam"]
+           "project_back_", "projection_shape", "reused_workspaces", "ProjectedAdam"]
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 
@@ -84,6 +84,21 @@ def project_back_(w: torch.Tensor, n: torch.Tensor, p: torch.Tensor, alpha: floa
     if is_tall(*w.shape):
         return w.addmm_(n, p, alpha=alpha)
     return w.addmm_(p, n, alpha=alpha)
+
+
+def reused_workspaces(like: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two scratch tensors for each element of ``like``, shared by all elements of one shape, dtype and device.
+
+    GaLore and APOLLO step one matrix at a time through them: the r-dim gradient and its Adam direction are
+    still in cache when they are used, and the step's transient memory is two r-dim matrices per shape, not
+    two per weight.
+    """
+    work: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    for t in like:
+        key = (t.shape, t.dtype, t.device)
+        if key not in work:
+            work[key] = (torch.empty_like(t), torch.empty_like(t))
+    return [work[(t.shape, t.dtype, t.device)] for t in like]
 
 
 class ProjectedAdam(CoreOptimizer):
