@@ -83,6 +83,19 @@ def test_adam_direction_into_workspace_equals_closed_form(dtype):
         torch.testing.assert_close(w, -m_ref / (v_ref.sqrt() + eps))
 
 
+def test_reused_workspaces_one_pair_per_shape():
+    from genai_train.optim.projector import reused_workspaces
+
+    like = [torch.zeros(4, 2), torch.zeros(2, 4), torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.float64)]
+    work = reused_workspaces(like)
+    assert len(work) == len(like)
+    for (a, b), t in zip(work, like):
+        assert a.shape == b.shape == t.shape and a.dtype == b.dtype == t.dtype
+        assert a.data_ptr() != b.data_ptr()
+    assert work[0][0] is work[2][0] and work[0][1] is work[2][1]  # same shape and dtype: shared
+    assert len({id(a) for a, _ in work}) == 3  # (4, 2) fp32, (2, 4) fp32, (4, 2) fp64
+
+
 def test_galore_projector_is_compact_copy():
     a, _ = make_pair()
     opt = build_optimizer(a, _cfg("galore"))
