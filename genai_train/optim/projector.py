@@ -94,11 +94,13 @@ def reused_workspaces(like: list[torch.Tensor]) -> list[tuple[torch.Tensor, torc
     two per weight.
     """
     work: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    pairs = []
     for t in like:
         key = (t.shape, t.dtype, t.device)
         if key not in work:
             work[key] = (torch.empty_like(t), torch.empty_like(t))
-    return [work[(t.shape, t.dtype, t.device)] for t in like]
+        pairs.append(work[key])
+    return pairs
 
 
 class ProjectedAdam(CoreOptimizer):
