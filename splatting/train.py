@@ -136,6 +136,10 @@ class TrainConfig:
     init_color: Literal["image", "random"] = field(default="image", metadata={
         "help": "colour of random points: image = mean of the training pixels they project to, or random"})
     ssim_lambda: float = field(default=0.2, metadata={"help": "weight of the D-SSIM term in the loss"})
+    opacity_reg: float = field(default=0.0, metadata={
+        "help": "add this x the mean opacity to the loss (as gsplat's --opacity_reg; favours fewer, solid Gaussians)"})
+    scale_reg: float = field(default=0.0, metadata={
+        "help": "add this x the mean of the Gaussians' scales (exp of log-scales) to the loss (gsplat's --scale_reg)"})
     lr: LRConfig = field(default_factory=LRConfig)
     strategy: DensifyConfig = field(default_factory=DensifyConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -159,6 +163,8 @@ class TrainConfig:
             raise ValueError(f"init_views must be >= 0, got {self.init_views}")
         if not 0 <= self.ssim_lambda <= 1:
             raise ValueError(f"ssim_lambda must be in [0, 1], got {self.ssim_lambda}")
+        if self.opacity_reg < 0 or self.scale_reg < 0:
+            raise ValueError(f"opacity_reg and scale_reg must be >= 0, got {self.opacity_reg} and {self.scale_reg}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -237,6 +243,17 @@ def render_view(params: dict[str, Tensor], view: View, sh_degree: int, device: t
         sh_degree=sh_degree, backgrounds=None if background is None else background[None], settings=settings,
         backend=backend)
     return img[0], alpha[0], info
+
+
+def training_loss(img: Tensor, gt: Tensor, params: dict[str, Tensor], cfg: TrainConfig) -> tuple[Tensor, Tensor]:
+    """(loss, L1): (1 - l) L1 + l (1 - SSIM), plus the optional opacity and scale regularizers."""
+    l1 = (img - gt).abs().mean()
+    loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt, padding="valid"))
+    if cfg.opacity_reg:
+        loss = loss + cfg.opacity_reg * torch.sigmoid(params["opacities"]).mean()
+    if cfg.scale_reg:
+        loss = loss + cfg.scale_reg * torch.exp(params["scales"]).mean()
+    return loss, l1
 
 
 def _all_finite(tensors) -> bool:
@@ -377,9 +394,7 @@ def train(cfg: TrainConfig, scene: Scene | None = None, stop_after: int | None =
         bg = _background(cfg.render.background, device, sampler)
         sh_deg = min(step // cfg.sh_degree_interval, cfg.sh_degree)
         img, _, info = render_view(params, view, sh_deg, device, settings, backend, bg)
-        gt = gts[view.name]
-        l1 = (img - gt).abs().mean()
-        loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt, padding="valid"))
+        loss, l1 = training_loss(img, gts[view.name], params, cfg)
         strategy.step_pre_backward(params, optimizers, sstate, step, info)
         loss.backward()
         if not (torch.isfinite(loss) and _all_finite(p.grad for p in params.values())):

@@ -157,3 +157,26 @@ def test_random_init_keeps_points_training_views_see_coloured_by_their_pixels(sc
     cfg = _cfg(scene, tmp_path / "r", init_random=100, init_extent=30.0, init_views=1)
     far = initial_points(sc, cfg, torch.Generator().manual_seed(1))[0][n:]
     assert len(far) == 100
+
+
+def test_regularizers_add_their_closed_form_to_loss_and_gradient():
+    from splatting.train import training_loss
+
+    g = torch.Generator().manual_seed(0)
+    params = {"opacities": torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True),
+              "scales": torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)}
+    img, gt = torch.rand(16, 16, 3, generator=g, dtype=torch.float64), torch.rand(16, 16, 3, generator=g,
+                                                                                    dtype=torch.float64)
+    base, l1 = training_loss(img, gt, params, TrainConfig())
+    assert float(l1) == pytest.approx(float((img - gt).abs().mean()))
+    cfg = TrainConfig(opacity_reg=0.3, scale_reg=0.05)
+    loss, _ = training_loss(img, gt, params, cfg)
+    o, s = params["opacities"].detach(), params["scales"].detach()
+    expected = base + 0.3 * torch.sigmoid(o).mean() + 0.05 * torch.exp(s).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-12)
+    loss.backward()
+    sig = torch.sigmoid(o)
+    torch.testing.assert_close(params["opacities"].grad, 0.3 * sig * (1 - sig) / 7)
+    torch.testing.assert_close(params["scales"].grad, 0.05 * torch.exp(s) / 21)
+    with pytest.raises(ValueError, match="opacity_reg and scale_reg must be >= 0"):
+        TrainConfig(opacity_reg=-1.0)
