@@ -34,6 +34,19 @@ def claim(name: str, value: float, op: str, target: float) -> dict:
     return {"name": name, "value": value, "op": op, "target": target, "holds": bool(holds)}
 
 
+def first_crossing(points: list[tuple[float, float]], target: float) -> float | None:
+    """The x at which a falling curve of (x, y) points first reaches y <= target, linearly interpolated between
+    the point before and the first point at or below it; the first x if the curve starts there; None if never."""
+    prev = None
+    for x, y in points:
+        if y <= target:
+            if prev is None:
+                return x
+            return prev[0] + (prev[1] - target) / (prev[1] - y) * (x - prev[0])
+        prev = (x, y)
+    return None
+
+
 def write_result(name: str, config: dict, claims: list[dict], data: dict[str, Any], quick: bool = False,
                  out_dir: str | Path | None = None) -> Path:
     """Write ``benchmarks/results/<name>.json`` (``<name>.quick.json`` for --quick runs)."""

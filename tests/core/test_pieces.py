@@ -60,3 +60,13 @@ def test_rng_state_round_trip_restores_every_generator():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_first_crossing_interpolates_between_evaluation_points():
+    from genai_train.bench import first_crossing
+
+    curve = [(10.0, 214.0), (20.0, 195.2), (30.0, 186.1), (40.0, 161.3)]
+    assert first_crossing(curve, 184.4) == pytest.approx(30.0 + (186.1 - 184.4) / (186.1 - 161.3) * 10.0)
+    assert first_crossing(curve, 195.2) == pytest.approx(20.0)  # reached exactly at a point
+    assert first_crossing(curve, 300.0) == 10.0  # already below at the first point
+    assert first_crossing(curve, 100.0) is None  # never reached
