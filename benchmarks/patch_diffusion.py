@@ -161,14 +161,13 @@ def main() -> None:
             if proc.exitcode != 0:
                 raise RuntimeError(f"the {name} run's process failed (exit code {proc.exitcode}); see its output above")
             runs[name].update(torch.load(out, weights_only=False))
+        torch.set_num_threads(2 * args.threads)  # both cores are free again for evaluation
     else:
         # Interleaved training: each run trains for one slice of its own clock, then the other.
         while any(r["time"] < budget for r in runs.values()):
             for name, r in runs.items():
                 if r["time"] < budget:
                     _train_until(name, r, min(r["time"] + args.slice, budget), budget, args.eval_every)
-    if args.parallel:
-        torch.set_num_threads(2 * args.threads)  # both cores are free again for evaluation
 
     # Evaluation (not training time).
     f_ref = features(net, reference, metrics_cfg.batch_size)
