@@ -88,7 +88,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_config(p: float, run_dir: Path, seed: int, overrides: list[str] = ()) -> DiffusionConfig:
+def run_config(p: float, run_dir: Path, seed: int, overrides: tuple[str, ...] | list[str] = ()) -> DiffusionConfig:
     return load_config(
         DiffusionConfig,
         CONFIG,
@@ -106,6 +106,12 @@ def run_config(p: float, run_dir: Path, seed: int, overrides: list[str] = ()) ->
             *(f"--{kv}" for kv in overrides),
         ],
     )
+
+
+def _new_run(cfg: DiffusionConfig, train_images, eval_every: float) -> dict:
+    """A run's state: its trainer, its own training clock, EMA snapshots and the next snapshot mark."""
+    return {"trainer": make_trainer(cfg, train_images), "time": 0.0, "snapshots": [], "next_mark": eval_every * 60,
+            "steps": 0}
 
 
 def _train_until(name: str, r: dict, t_end: float, budget: float, eval_every: float) -> None:
@@ -127,8 +133,7 @@ def _train_until(name: str, r: dict, t_end: float, budget: float, eval_every: fl
 def _train_alone(name: str, p: float, args: argparse.Namespace, train_images, tmp: Path, out: Path) -> None:
     """--parallel: one run in its own process, for the whole budget; snapshots go to ``out``."""
     torch.set_num_threads(args.threads)
-    r = {"trainer": make_trainer(run_config(p, tmp / f"{name}_alone", args.seed, args.set), train_images), "time": 0.0,
-         "snapshots": [], "next_mark": args.eval_every * 60, "steps": 0}
+    r = _new_run(run_config(p, tmp / f"{name}_alone", args.seed, args.set), train_images, args.eval_every)
     budget = args.minutes * 60
     _train_until(name, r, budget, budget, args.eval_every)
     r["trainer"].close()
@@ -161,8 +166,7 @@ def main() -> None:
     runs = {name: {"p": p} for name, p in (("patch", 0.5), ("full", 1.0))}
     for name, r in runs.items():
         r["cfg"] = run_config(r["p"], tmp / name, args.seed, args.set)
-        r["trainer"] = make_trainer(r["cfg"], train_images)
-        r["time"], r["snapshots"], r["next_mark"], r["steps"] = 0.0, [], args.eval_every * 60, 0
+        r.update(_new_run(r["cfg"], train_images, args.eval_every))
     budget = args.minutes * 60
 
     if args.parallel:
