@@ -67,8 +67,12 @@ class ExportCommandConfig:
 
 def run_train(cfg: DiffusionConfig) -> dict:
     from diffusion.train import train
+    from genai_train.distributed import cleanup
 
-    trainer = train(cfg)
+    try:
+        trainer = train(cfg)
+    finally:
+        cleanup()  # leave the process group (torchrun) so the process exits cleanly
     return {"run_dir": str(trainer.run_dir), "step": trainer.step}
 
 

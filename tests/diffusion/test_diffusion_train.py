@@ -118,6 +118,8 @@ w = torch.cat([p.detach().flatten() for p in t.model.parameters()])
 ws = [torch.zeros_like(w) for _ in range(dist.get_world_size())]
 dist.all_gather(ws, w)
 assert dist.get_world_size() == 2 and torch.equal(ws[0], ws[1]) and t.step == 2
+del t  # the DDP wrapper holds the process group: free it before the interpreter shuts down
+dist.destroy_process_group()
 """
 
 
