@@ -67,12 +67,8 @@ class ExportCommandConfig:
 
 def run_train(cfg: DiffusionConfig) -> dict:
     from diffusion.train import train
-    from genai_train.distributed import cleanup
 
-    try:
-        trainer = train(cfg)
-    finally:
-        cleanup()  # leave the process group (torchrun) so the process exits cleanly
+    trainer = train(cfg)
     return {"run_dir": str(trainer.run_dir), "step": trainer.step}
 
 

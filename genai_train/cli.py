@@ -151,7 +151,12 @@ def run_command(task: str, argv: list[str]) -> int:
         print(_command_help(task, verb, cmd))
         return 0
     cfg = load_config(cmd.config, config_path, overrides) if cmd.config is not None else None
-    result = cmd.run(cfg)
+    try:
+        result = cmd.run(cfg)
+    finally:
+        dist = sys.modules.get("genai_train.distributed")  # imported only by commands that train
+        if dist is not None:
+            dist.cleanup()  # leave the torchrun process group so the process exits cleanly
     return result if isinstance(result, int) else 0
 
 
