@@ -1,6 +1,6 @@
 # The two commands the README opens with. Both create .venv on first use.
 #   make demo   set up, then run every trainer's short demo on built-in data (outputs under runs/demo/)
-#   make test   set up with the test extras, then run the test suite
+#   make test   set up with the test extras, then lint (ruff check + format --check) and run the test suite
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
@@ -26,4 +26,6 @@ demo: $(VENV)/.installed-demo
 	$(VENV)/bin/genai-train demo
 
 test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)

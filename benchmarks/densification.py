@@ -36,13 +36,15 @@ STRATEGIES = ("adc", "steepgs")
 STEEPGS_OPTIONS = ["--strategy.estimator=inv_cov", "--strategy.min_decrease=2e-6"]
 
 
-def worker(strategy: str, steps: int, run_dir: str, threads: int, backend: str, out: str,
-           extra: list[str]) -> None:
+def worker(strategy: str, steps: int, run_dir: str, threads: int, backend: str, out: str, extra: list[str]) -> None:
     from genai_train.config import load_config
     from splatting.train import TrainConfig, train
 
-    cfg = load_config(TrainConfig, None, overrides(steps, run_dir, threads)
-                      + [f"--strategy.name={strategy}", f"--render.backend={backend}"] + extra)
+    cfg = load_config(
+        TrainConfig,
+        None,
+        overrides(steps, run_dir, threads) + [f"--strategy.name={strategy}", f"--render.backend={backend}"] + extra,
+    )
     result = train(cfg)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
     if backend == "gsplat":
@@ -50,10 +52,20 @@ def worker(strategy: str, steps: int, run_dir: str, threads: int, backend: str, 
 
         peak_gb = torch.cuda.max_memory_allocated() / 1e9
     m = result["test"]
-    Path(out).write_text(json.dumps({
-        "strategy": strategy, "n_gaussians": m["n_gaussians"], "test_psnr_db": m["psnr"], "test_ssim": m["ssim"],
-        "test_lpips": m.get("lpips"), "train_minutes": result["train_seconds"] / 60, "peak_memory_gb": peak_gb,
-        "run_dir": run_dir}))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "strategy": strategy,
+                "n_gaussians": m["n_gaussians"],
+                "test_psnr_db": m["psnr"],
+                "test_ssim": m["ssim"],
+                "test_lpips": m.get("lpips"),
+                "train_minutes": result["train_seconds"] / 60,
+                "peak_memory_gb": peak_gb,
+                "run_dir": run_dir,
+            }
+        )
+    )
 
 
 def side_by_side(runs: dict[str, dict], path: Path) -> Path | None:
@@ -86,19 +98,34 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a short smoke run (a few minutes per side)")
     ap.add_argument("--steps", type=int, default=0, help="steps per run (default 7000, quick 1000)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
-    ap.add_argument("--backend", default="torch", choices=["torch", "gsplat"],
-                    help="renderer: our PyTorch rasterizer (any device) or gsplat CUDA (GPU)")
-    ap.add_argument("--steepgs", default=" ".join(STEEPGS_OPTIONS), metavar="'OPTIONS'",
-                    help="config overrides for the SteepGS run only, space-separated (default: %(default)s); "
-                         "--steepgs= runs the strategy's defaults")
+    ap.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "gsplat"],
+        help="renderer: our PyTorch rasterizer (any device) or gsplat CUDA (GPU)",
+    )
+    ap.add_argument(
+        "--steepgs",
+        default=" ".join(STEEPGS_OPTIONS),
+        metavar="'OPTIONS'",
+        help="config overrides for the SteepGS run only, space-separated (default: %(default)s); "
+        "--steepgs= runs the strategy's defaults",
+    )
     ap.add_argument("--worker", choices=STRATEGIES, help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     steps = args.steps or (1000 if args.quick else 7000)
     if args.worker:
-        worker(args.worker, steps, args.run_dir, args.threads, args.backend, args.out,
-               args.steepgs.split() if args.worker == "steepgs" else [])
+        worker(
+            args.worker,
+            steps,
+            args.run_dir,
+            args.threads,
+            args.backend,
+            args.out,
+            args.steepgs.split() if args.worker == "steepgs" else [],
+        )
         return
 
     from genai_train.bench import claim, write_result
@@ -109,9 +136,23 @@ def main() -> None:
     runs = {}
     for name in STRATEGIES:
         out = tmp / f"{name}.json"
-        cmd = [sys.executable, __file__, "--worker", name, "--steps", str(steps), "--threads", str(args.threads),
-               "--backend", args.backend, "--run-dir", str(tmp / name), "--out", str(out),
-               f"--steepgs={args.steepgs}"]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            "--steps",
+            str(steps),
+            "--threads",
+            str(args.threads),
+            "--backend",
+            args.backend,
+            "--run-dir",
+            str(tmp / name),
+            "--out",
+            str(out),
+            f"--steepgs={args.steepgs}",
+        ]
         subprocess.run(cmd, check=True)
         runs[name] = json.loads(out.read_text())
         print(f"{name}: {runs[name]}", file=sys.stderr)
@@ -121,9 +162,15 @@ def main() -> None:
     claims = [claim("gaussians_ratio_steepgs_vs_adc", ratio, "<=", 0.6), claim("psnr_drop_db", drop, "<=", 0.1)]
     suffix = ".quick" if args.quick else ""
     image = side_by_side(runs, HERE / "results" / f"densification{suffix}.png")
-    config = {"scene": "figurine", "data_factor": 8, "steps": steps, "threads": args.threads,
-              "backend": args.backend, "schedule": overrides(steps, "<run_dir>", args.threads),
-              "steepgs_options": args.steepgs.split()}
+    config = {
+        "scene": "figurine",
+        "data_factor": 8,
+        "steps": steps,
+        "threads": args.threads,
+        "backend": args.backend,
+        "schedule": overrides(steps, "<run_dir>", args.threads),
+        "steepgs_options": args.steepgs.split(),
+    }
     data = {"runs": runs, "side_by_side": str(image) if image else None}
     path = write_result("densification", config, claims, data, quick=args.quick)
     print(json.dumps({"claims": claims}, indent=2))

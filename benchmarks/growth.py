@@ -121,9 +121,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--work", default=None, help="folder for run dirs (default: a temp folder)")
-    ap.add_argument(
-        "--seed", type=int, default=0, help="seed of every run (init, operator noise, data order)"
-    )
+    ap.add_argument("--seed", type=int, default=0, help="seed of every run (init, operator noise, data order)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     s = SETTINGS["quick" if args.quick else "full"]
@@ -153,9 +151,7 @@ def main() -> None:
     # 2. three growth runs, interleaved step by step
     common = [f"--small={small_dir}", f"--target={s['target']}", f"--train.steps={s['steps']}"]
     runs = {
-        "scratch": GrowTrainer(
-            _config(s, work / "scratch", common + ["--method=scratch"], seed=args.seed), log=True
-        ),
+        "scratch": GrowTrainer(_config(s, work / "scratch", common + ["--method=scratch"], seed=args.seed), log=True),
         "stack": GrowTrainer(
             _config(s, work / "stack", common + ["--method=stack"], s["grown_lr"], seed=args.seed), log=True
         ),
@@ -172,9 +168,7 @@ def main() -> None:
 
     def ligo_run(train_steps: int) -> GrowTrainer:
         return GrowTrainer(
-            _config(
-                s, work / "ligo", ligo_args + [f"--train.steps={train_steps}"], s["grown_lr"], seed=args.seed
-            ),
+            _config(s, work / "ligo", ligo_args + [f"--train.steps={train_steps}"], s["grown_lr"], seed=args.seed),
             log=True,
         )
 
@@ -236,9 +230,9 @@ def main() -> None:
     n_op = runs["ligo"].ligo_steps
     ligo_steps_used = lg["step"] if lg["step"] is not None else curves["ligo"][-1]["step"]
     # reached during the operator phase (possible in --quick): only operator steps count
-    ligo_wall = min(ligo_steps_used, n_op) * med.get("ligo_ligo", 0.0) + max(
-        0, ligo_steps_used - n_op
-    ) * med.get("ligo_train", 0.0)
+    ligo_wall = min(ligo_steps_used, n_op) * med.get("ligo_ligo", 0.0) + max(0, ligo_steps_used - n_op) * med.get(
+        "ligo_train", 0.0
+    )
     wall_saved = 1.0 - ligo_wall / (curves["scratch"][-1]["step"] * med["scratch"])
     op_end = next(p["flops"] for p in curves["ligo"] if p["step"] == runs["ligo"].ligo_steps)
     hi = min(curves["ligo"][-1]["flops"], curves["stack"][-1]["flops"])
@@ -308,9 +302,7 @@ def main() -> None:
     except Exception as e:  # the plot is a convenience; the JSON is the result
         print(f"plot skipped: {e}")
     for c in claims:
-        print(
-            f"{c['name']}: {c['value']:.4f} {c['op']} {c['target']} -> {'holds' if c['holds'] else 'FAILS'}"
-        )
+        print(f"{c['name']}: {c['value']:.4f} {c['op']} {c['target']} -> {'holds' if c['holds'] else 'FAILS'}")
     print(f"result: {path}")
     print(json.dumps({"reach": reach, "scratch_final_val_loss": bar}, indent=1))
 

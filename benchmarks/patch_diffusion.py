@@ -51,12 +51,8 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="image folder (default: the Noto emoji)")
     ap.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget per run")
-    ap.add_argument(
-        "--eval-every", type=float, default=5.0, help="snapshot every N minutes of a run's training"
-    )
-    ap.add_argument(
-        "--slice", type=float, default=30.0, help="seconds each run trains before the other's turn"
-    )
+    ap.add_argument("--eval-every", type=float, default=5.0, help="snapshot every N minutes of a run's training")
+    ap.add_argument("--slice", type=float, default=30.0, help="seconds each run trains before the other's turn")
     ap.add_argument("--n", type=int, default=300, help="samples (and reference / held-out images) per FID")
     ap.add_argument("--steps", type=int, default=18, help="Heun steps for evaluation samples")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
@@ -75,9 +71,7 @@ def parse_args() -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="change the recipe of both runs, e.g. --set ema.half_life_steps=1000 (repeatable; recorded in the JSON)",
     )
-    ap.add_argument(
-        "--out-dir", default="", help="where the JSON and sample grids go (default: benchmarks/results)"
-    )
+    ap.add_argument("--out-dir", default="", help="where the JSON and sample grids go (default: benchmarks/results)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 x 1 min, n = 32, 8 Heun steps")
     args = ap.parse_args()
     for kv in args.set:
@@ -110,8 +104,13 @@ def run_config(p: float, run_dir: Path, seed: int, overrides: tuple[str, ...] | 
 
 def _new_run(cfg: DiffusionConfig, train_images, eval_every: float) -> dict:
     """A run's state: its trainer, its own training clock, EMA snapshots and the next snapshot mark."""
-    return {"trainer": make_trainer(cfg, train_images), "time": 0.0, "snapshots": [], "next_mark": eval_every * 60,
-            "steps": 0}
+    return {
+        "trainer": make_trainer(cfg, train_images),
+        "time": 0.0,
+        "snapshots": [],
+        "next_mark": eval_every * 60,
+        "steps": 0,
+    }
 
 
 def _train_until(name: str, r: dict, t_end: float, budget: float, eval_every: float) -> None:
@@ -193,9 +192,7 @@ def main() -> None:
 
     # Evaluation (not training time).
     f_ref = features(net, reference, metrics_cfg.batch_size)
-    floor = fid_kid_from_features(
-        f_ref, features(net, held_out, metrics_cfg.batch_size), metrics_cfg.kid_subset
-    )
+    floor = fid_kid_from_features(f_ref, features(net, held_out, metrics_cfg.batch_size), metrics_cfg.kid_subset)
     print(f"floor (held-out real vs reference, n={args.n}): FID {floor['fid']:.2f} KID {floor['kid']:.4f}")
     scfg = SampleConfig(steps=args.steps, batch_size=100)
     curves = {}
@@ -206,9 +203,7 @@ def main() -> None:
             model.load_state_dict(snap["ema"])
             t0 = time.perf_counter()
             fake = generate(model, args.n, scfg, r["cfg"].edm, r["cfg"].data.resolution, seed=args.seed)
-            m = fid_kid_from_features(
-                f_ref, features(net, fake, metrics_cfg.batch_size), metrics_cfg.kid_subset
-            )
+            m = fid_kid_from_features(f_ref, features(net, fake, metrics_cfg.batch_size), metrics_cfg.kid_subset)
             curve.append(
                 {
                     "minutes": round(snap["minutes"], 3),
@@ -220,8 +215,7 @@ def main() -> None:
                 }
             )
             print(
-                f"[{name}] {snap['minutes']:.2f} min, step {snap['step']}: "
-                f"FID {m['fid']:.2f} KID {m['kid']:.4f}",
+                f"[{name}] {snap['minutes']:.2f} min, step {snap['step']}: FID {m['fid']:.2f} KID {m['kid']:.4f}",
                 flush=True,
             )
         curves[name] = curve

@@ -83,7 +83,7 @@ def gsplat_torch(inputs, viewmat, K, tile_size: int = 16):
     out = torch.zeros(tiles * tiles, tile_size * tile_size, 3)
     rows = []
     for t in range(tiles * tiles):
-        ids = flatten_ids[offsets[t]:offsets[t + 1]].long()
+        ids = flatten_ids[offsets[t] : offsets[t + 1]].long()
         if len(ids) == 0:
             rows.append(out[t])
             continue
@@ -118,13 +118,29 @@ def child(which: str, n: int, repeats: int, n_views: int) -> dict:
         isects = fn(inputs, viewmats[v], Ks[v])
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"which": which, "n": n, "times_s": times, "median_s": statistics.median(times),
-            "peak_rss_above_baseline_gb": max(0, peak - base) / 2**20, "n_isects": isects}
+    return {
+        "which": which,
+        "n": n,
+        "times_s": times,
+        "median_s": statistics.median(times),
+        "peak_rss_above_baseline_gb": max(0, peak - base) / 2**20,
+        "n_isects": isects,
+    }
 
 
 def run_child(which: str, n: int, repeats: int, n_views: int, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--n", str(n), "--repeats", str(repeats),
-           "--views", str(n_views)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        which,
+        "--n",
+        str(n),
+        "--repeats",
+        str(repeats),
+        "--views",
+        str(n_views),
+    ]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -177,20 +193,30 @@ def main() -> None:
     table = {}
     for n in sizes:
         ours_t, base_t = med(f"ours.{n}", "median_s"), med(f"gsplat_torch.{n}", "median_s")
-        table[n] = {"ours_fwd_bwd_s": ours_t, "ours_peak_gb": med(f"ours.{n}", "peak_rss_above_baseline_gb"),
-                    "gsplat_torch_fwd_bwd_s": base_t,
-                    "gsplat_torch_peak_gb": med(f"gsplat_torch.{n}", "peak_rss_above_baseline_gb"),
-                    "speedup": (base_t / ours_t) if (ours_t and base_t) else None}
+        table[n] = {
+            "ours_fwd_bwd_s": ours_t,
+            "ours_peak_gb": med(f"ours.{n}", "peak_rss_above_baseline_gb"),
+            "gsplat_torch_fwd_bwd_s": base_t,
+            "gsplat_torch_peak_gb": med(f"gsplat_torch.{n}", "peak_rss_above_baseline_gb"),
+            "speedup": (base_t / ours_t) if (ours_t and base_t) else None,
+        }
     claims = []
     if 10_000 in table and table[10_000]["speedup"] is not None:
         claims.append(claim("speedup_vs_gsplat_torch.10k", table[10_000]["speedup"], ">=", 10.0))
     peak_n = max(sizes)
     claims.append(claim(f"peak_memory_gb.{peak_n // 1000}k", table[peak_n]["ours_peak_gb"], "<=", 2.0))
-    config = {"image": f"{SIZE}x{SIZE}", "sizes": sizes, "baseline_sizes": baseline_sizes, "rounds": rounds,
-              "views": args.views, "tile_size_ours": 8, "repeats_per_round": {"ours": 2, "gsplat_torch.10k": 2,
-                                                                                "gsplat_torch.50k": 1},
-              "threads": int(os.environ.get("BENCH_THREADS", "1")), "scene": "figurine cameras",
-              "baseline": "gsplat.cuda._torch_impl projection + isect + per-tile autograd compositor"}
+    config = {
+        "image": f"{SIZE}x{SIZE}",
+        "sizes": sizes,
+        "baseline_sizes": baseline_sizes,
+        "rounds": rounds,
+        "views": args.views,
+        "tile_size_ours": 8,
+        "repeats_per_round": {"ours": 2, "gsplat_torch.10k": 2, "gsplat_torch.50k": 1},
+        "threads": int(os.environ.get("BENCH_THREADS", "1")),
+        "scene": "figurine cameras",
+        "baseline": "gsplat.cuda._torch_impl projection + isect + per-tile autograd compositor",
+    }
     path = write_result("rasterizer", config, claims, {"table": table, "runs": runs}, quick=args.quick)
     print(json.dumps({"table": table, "claims": claims}, indent=2))
     print(f"-> {path}")

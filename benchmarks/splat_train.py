@@ -30,13 +30,28 @@ def overrides(steps: int, run_dir: str, threads: int) -> list[str]:
     the cube of half-side 4 x scene scale where training cameras look (coloured by their pixels), SH degree 1,
     and a random background colour each step (semi-transparent Gaussians cannot hide in a black background)."""
     refine_start, refine_stop = min(300, steps // 10), steps // 2
-    return [f"--data.root={SCENE}", "--data.factor=8", f"--run.dir={run_dir}", f"--steps={steps}",
-            f"--run.threads={threads}", "--run.log_every=100", "--ckpt.every=0", "--render.tile_size=8",
-            f"--sh_degree_interval={max(1, steps // 10)}", f"--strategy.refine_start={refine_start}",
-            f"--strategy.refine_stop={refine_stop}", "--strategy.refine_every=100",
-            f"--strategy.reset_every={max(refine_stop // 2, refine_start + 1)}", "--eval.save_images=true",
-            "--init_random=50000", "--init_extent=4", "--init_views=1", "--init_color=image", "--sh_degree=1",
-            "--render.background=random"]
+    return [
+        f"--data.root={SCENE}",
+        "--data.factor=8",
+        f"--run.dir={run_dir}",
+        f"--steps={steps}",
+        f"--run.threads={threads}",
+        "--run.log_every=100",
+        "--ckpt.every=0",
+        "--render.tile_size=8",
+        f"--sh_degree_interval={max(1, steps // 10)}",
+        f"--strategy.refine_start={refine_start}",
+        f"--strategy.refine_stop={refine_stop}",
+        "--strategy.refine_every=100",
+        f"--strategy.reset_every={max(refine_stop // 2, refine_start + 1)}",
+        "--eval.save_images=true",
+        "--init_random=50000",
+        "--init_extent=4",
+        "--init_views=1",
+        "--init_color=image",
+        "--sh_degree=1",
+        "--render.background=random",
+    ]
 
 
 def main() -> None:
@@ -59,12 +74,26 @@ def main() -> None:
     m = result["test"]
     minutes = result["train_seconds"] / 60
     claims = [claim("test_psnr_db", m["psnr"], ">=", 23.0), claim("train_minutes", minutes, "<=", 30.0)]
-    data = {"test_psnr_db": m["psnr"], "test_ssim": m["ssim"], "test_lpips": m.get("lpips"),
-            "lpips_skipped": m.get("lpips_skipped"), "n_gaussians": m["n_gaussians"], "train_minutes": minutes,
-            "render_s_per_view": m["render_s"], "per_view": m["views"], "run_dir": run_dir,
-            "skipped_steps": result["skipped_steps"]}
-    config = {"scene": "figurine", "data_factor": 8, "strategy": "adc", "steps": steps, "threads": args.threads,
-              "train_config": config_to_dict(cfg)}
+    data = {
+        "test_psnr_db": m["psnr"],
+        "test_ssim": m["ssim"],
+        "test_lpips": m.get("lpips"),
+        "lpips_skipped": m.get("lpips_skipped"),
+        "n_gaussians": m["n_gaussians"],
+        "train_minutes": minutes,
+        "render_s_per_view": m["render_s"],
+        "per_view": m["views"],
+        "run_dir": run_dir,
+        "skipped_steps": result["skipped_steps"],
+    }
+    config = {
+        "scene": "figurine",
+        "data_factor": 8,
+        "strategy": "adc",
+        "steps": steps,
+        "threads": args.threads,
+        "train_config": config_to_dict(cfg),
+    }
     path = write_result("splat_train", config, claims, data, quick=args.quick, out_dir=args.out)
     print(json.dumps({"claims": claims, "n_gaussians": m["n_gaussians"], "ssim": m["ssim"]}, indent=2))
     print(f"-> {path}")

@@ -22,9 +22,7 @@ class SampleCommandConfig:
 
     ckpt: str = field(default="", metadata={"help": "run folder (newest checkpoint) or exported folder"})
     n: int = field(default=64, metadata={"help": "images to generate"})
-    out: str = field(
-        default="samples.png", metadata={"help": "PNG grid to write (a folder: one PNG per image)"}
-    )
+    out: str = field(default="samples.png", metadata={"help": "PNG grid to write (a folder: one PNG per image)"})
     seed: int = field(default=0, metadata={"help": "seed of the initial noise"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
     ema: bool = field(default=True, metadata={"help": "use the EMA weights of a run folder"})
@@ -41,9 +39,7 @@ class EvalCommandConfig:
 
     ckpt: str = field(default="", metadata={"help": "run folder (newest checkpoint) or exported folder"})
     ref: str = field(default="", metadata={"help": "folder of real reference images"})
-    n: int = field(
-        default=1000, metadata={"help": "generated images (and at most this many reference images)"}
-    )
+    n: int = field(default=1000, metadata={"help": "generated images (and at most this many reference images)"})
     seed: int = field(default=0, metadata={"help": "seed of the initial noise"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
     floor: bool = field(default=True, metadata={"help": "also report real-vs-real (two halves of --ref)"})
@@ -102,9 +98,7 @@ def run_sample(cfg: SampleCommandConfig) -> dict:
     else:
         for k, img in enumerate(imgs):
             save_png(image_grid(img[None], nrow=1), str(out / f"{k:05d}.png"))
-    print(
-        f"wrote {cfg.n} samples ({imgs.shape[-1]}px, {cfg.sample.sampler}, {cfg.sample.steps} steps) to {out}"
-    )
+    print(f"wrote {cfg.n} samples ({imgs.shape[-1]}px, {cfg.sample.sampler}, {cfg.sample.steps} steps) to {out}")
     return {"out": str(out)}
 
 
@@ -132,9 +126,7 @@ def evaluate(
     net = net or load_feature_net(metrics)
     fake = generate(model.to(device), n, sample, edm, resolution, seed=seed, device=device)
     f_ref = features(net, real[:n], metrics.batch_size)
-    out = {
-        "generated": fid_kid_from_features(f_ref, features(net, fake, metrics.batch_size), metrics.kid_subset)
-    }
+    out = {"generated": fid_kid_from_features(f_ref, features(net, fake, metrics.batch_size), metrics.kid_subset)}
     if floor:
         if real.shape[0] >= 2 * n:
             f_a, f_b = f_ref, features(net, real[n : 2 * n], metrics.batch_size)
@@ -178,10 +170,7 @@ def run_export(cfg: ExportCommandConfig) -> dict:
 
     model, run_cfg, step = load_run(cfg.ckpt, use_ema=cfg.ema)
     out = export_model(model, run_cfg.edm, run_cfg.data.resolution, cfg.out, run_cfg.sample)
-    print(
-        f"exported step {step} of {cfg.ckpt} to {out} "
-        f"(UNet2DModel.from_pretrained('{out}', subfolder='unet'))"
-    )
+    print(f"exported step {step} of {cfg.ckpt} to {out} (UNet2DModel.from_pretrained('{out}', subfolder='unet'))")
     return {"out": str(out)}
 
 
@@ -231,9 +220,7 @@ def demo_images(folder: Path, n: int = 96, size: int = 16, seed: int = 0) -> Pat
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    palette = torch.tensor(
-        [[230, 60, 50], [40, 120, 220], [250, 200, 40], [60, 180, 90]], dtype=torch.float32
-    )
+    palette = torch.tensor([[230, 60, 50], [40, 120, 220], [250, 200, 40], [60, 180, 90]], dtype=torch.float32)
     for k in range(n):
         cx, cy = (torch.rand(2, generator=g) * 0.5 + 0.25) * size
         rad = float(torch.rand((), generator=g) * 0.15 + 0.2) * size
@@ -299,9 +286,7 @@ def _demo(out_dir: Path) -> dict[str, str]:
     grid = out_dir / "diffusion_samples.png"
     save_png(image_grid(generate(model, 36, SampleConfig(steps=18), cfg.edm, 16, seed=0)), str(grid))
     big = out_dir / "diffusion_extrapolated_32px.png"
-    save_png(
-        image_grid(generate(model, 4, SampleConfig(steps=18, size=32), cfg.edm, 16, seed=0), nrow=2), str(big)
-    )
+    save_png(image_grid(generate(model, 4, SampleConfig(steps=18, size=32), cfg.edm, 16, seed=0), nrow=2), str(big))
     real = out_dir / "diffusion_training_images.png"
     from diffusion.data import DataConfig, load_image_folder
 

@@ -29,9 +29,7 @@ class EDMConfig:
         if self.sigma_data <= 0 or self.p_std <= 0:
             raise ValueError("edm.sigma_data and edm.p_std must be > 0")
         if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(
-                f"edm.sigma_min ({self.sigma_min}) must be > 0 and below edm.sigma_max ({self.sigma_max})"
-            )
+            raise ValueError(f"edm.sigma_min ({self.sigma_min}) must be > 0 and below edm.sigma_max ({self.sigma_max})")
         if self.rho <= 0:
             raise ValueError(f"edm.rho must be > 0, got {self.rho}")
 

@@ -103,9 +103,7 @@ def features(net: nn.Module, images: Tensor, batch_size: int = 50) -> Tensor:
     return torch.cat(out)
 
 
-def fid_kid_from_features(
-    real: Tensor, fake: Tensor, kid_subset: int = 1000, seed: int = 0
-) -> dict[str, float]:
+def fid_kid_from_features(real: Tensor, fake: Tensor, kid_subset: int = 1000, seed: int = 0) -> dict[str, float]:
     """FID and KID (mean, std over subsets) between two feature sets, via torchmetrics."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance

@@ -25,9 +25,7 @@ class ModelConfig:
         default=(False, False, True), metadata={"help": "self-attention in each level's blocks"}
     )
     layers_per_block: int = field(default=2, metadata={"help": "residual blocks per level"})
-    norm_num_groups: int = field(
-        default=16, metadata={"help": "GroupNorm groups (divides every channel count)"}
-    )
+    norm_num_groups: int = field(default=16, metadata={"help": "GroupNorm groups (divides every channel count)"})
     attention_head_dim: int = field(default=32, metadata={"help": "channels per attention head"})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the residual blocks"})
 
@@ -40,8 +38,7 @@ class ModelConfig:
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(
-                f"model.norm_num_groups={self.norm_num_groups} must divide every channel count; "
-                f"{bad} are not multiples"
+                f"model.norm_num_groups={self.norm_num_groups} must divide every channel count; {bad} are not multiples"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")

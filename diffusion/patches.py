@@ -23,9 +23,7 @@ class PatchConfig:
     p: float = field(default=0.5, metadata={"help": "probability of a full-size step; 1.0 = plain EDM"})
     schedule: Literal["stochastic", "progressive"] = field(
         default="stochastic",
-        metadata={
-            "help": "stochastic: draw a size each step; progressive: R/4, then R/2, then R over the run"
-        },
+        metadata={"help": "stochastic: draw a size each step; progressive: R/4, then R/2, then R over the run"},
     )
     batch_mul: Literal["linear", "area", "none"] = field(
         default="linear",
@@ -62,9 +60,7 @@ def batch_multiplier(resolution: int, patch: int, rule: str = "linear") -> int:
 
 def mean_batch_multiplier(resolution: int, cfg: PatchConfig) -> float:
     """Expected multiplier sum_i p_i mul_i (1.9 for linear, p=0.5): images per step / base batch."""
-    return sum(
-        q * batch_multiplier(resolution, s, cfg.batch_mul) for s, q in patch_choices(resolution, cfg.p)
-    )
+    return sum(q * batch_multiplier(resolution, s, cfg.batch_mul) for s, q in patch_choices(resolution, cfg.p))
 
 
 def draw_patch_size(resolution: int, cfg: PatchConfig, generator: torch.Generator, progress: float) -> int:

@@ -30,9 +30,7 @@ class SampleConfig:
         metadata={"help": "heun/euler: our EDM sampler; diffusers_*: diffusers EDM schedulers"},
     )
     steps: int = field(default=18, metadata={"help": "number of noise levels (Heun: 2*steps-1 evaluations)"})
-    s_churn: float = field(
-        default=0.0, metadata={"help": "EDM stochasticity S_churn (0 = deterministic ODE)"}
-    )
+    s_churn: float = field(default=0.0, metadata={"help": "EDM stochasticity S_churn (0 = deterministic ODE)"})
     s_min: float = field(default=0.0, metadata={"help": "churn only for sigma >= s_min"})
     s_max: float = field(default=float("inf"), metadata={"help": "churn only for sigma <= s_max"})
     s_noise: float = field(default=1.0, metadata={"help": "noise inflation S_noise for churn"})

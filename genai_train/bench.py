@@ -17,14 +17,27 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 def environment() -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=10,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"commit": commit, "device": dev, "device_name": torch.cuda.get_device_name() if dev == "cuda"
-            else platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
+    return {
+        "commit": commit,
+        "device": dev,
+        "device_name": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
 
 
 def claim(name: str, value: float, op: str, target: float) -> dict:
@@ -47,13 +60,18 @@ def first_crossing(points: list[tuple[float, float]], target: float) -> float | 
     return None
 
 
-def write_result(name: str, config: dict, claims: list[dict], data: dict[str, Any], quick: bool = False,
-                 out_dir: str | Path | None = None) -> Path:
+def write_result(
+    name: str,
+    config: dict,
+    claims: list[dict],
+    data: dict[str, Any],
+    quick: bool = False,
+    out_dir: str | Path | None = None,
+) -> Path:
     """Write ``benchmarks/results/<name>.json`` (``<name>.quick.json`` for --quick runs)."""
     out = Path(out_dir) if out_dir else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / (f"{name}.quick.json" if quick else f"{name}.json")
-    record = {"benchmark": name, **environment(), "quick": quick, "config": config, "claims": claims,
-              "data": data}
+    record = {"benchmark": name, **environment(), "quick": quick, "config": config, "claims": claims, "data": data}
     path.write_text(json.dumps(record, indent=2, default=float))
     return path

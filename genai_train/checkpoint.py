@@ -44,10 +44,12 @@ class RunDirError(RuntimeError):
 @dataclasses.dataclass
 class CheckpointConfig:
     every: int = dataclasses.field(
-        default=500, metadata={"help": "save a checkpoint every N optimizer steps (0: only at the end)"})
+        default=500, metadata={"help": "save a checkpoint every N optimizer steps (0: only at the end)"}
+    )
     keep: int = dataclasses.field(default=3, metadata={"help": "keep the newest K complete checkpoints"})
     resume: Literal["auto", "never"] = dataclasses.field(
-        default="auto", metadata={"help": "auto: continue from the newest complete checkpoint in the run dir"})
+        default="auto", metadata={"help": "auto: continue from the newest complete checkpoint in the run dir"}
+    )
 
     def __post_init__(self):
         if self.every < 0:
@@ -132,8 +134,13 @@ class Checkpointer:
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
         _fsync_dir(self.dir)
-        meta = {"task": self.task, "step": step, "bytes": (final / "state.pt").stat().st_size,
-                "sha256": _sha256(final / "state.pt"), "time": time.time()}
+        meta = {
+            "task": self.task,
+            "step": step,
+            "bytes": (final / "state.pt").stat().st_size,
+            "sha256": _sha256(final / "state.pt"),
+            "time": time.time(),
+        }
         _write_durable(final / MARKER, json.dumps(meta).encode())
         _fsync_dir(final)
         self._prune()
@@ -155,7 +162,8 @@ class Checkpointer:
             raise CheckpointError(f"{path}: state.pt is missing")
         if state_file.stat().st_size != meta.get("bytes"):
             raise CheckpointError(
-                f"{path}: state.pt has {state_file.stat().st_size} bytes, expected {meta.get('bytes')}")
+                f"{path}: state.pt has {state_file.stat().st_size} bytes, expected {meta.get('bytes')}"
+            )
         if meta.get("sha256") and _sha256(state_file) != meta["sha256"]:
             raise CheckpointError(f"{path}: state.pt does not match its recorded hash (corrupt)")
         return meta
@@ -166,7 +174,8 @@ class Checkpointer:
         if self.task and meta.get("task") and meta["task"] != self.task:
             raise CheckpointError(
                 f"{path} was written by task '{meta['task']}', not '{self.task}'; point --run.dir at a "
-                f"{self.task} run or a new folder")
+                f"{self.task} run or a new folder"
+            )
         return torch.load(path / "state.pt", map_location=map_location, weights_only=True)
 
     def load_latest(self, map_location: Any = "cpu") -> tuple[int, dict] | None:
@@ -180,8 +189,10 @@ class Checkpointer:
                     raise
                 warnings.warn(f"skipping checkpoint {path}: {e}; falling back to an older one", stacklevel=2)
             except Exception as e:  # truncated zip, unpickling error, bad JSON marker
-                warnings.warn(f"skipping unreadable checkpoint {path}: {type(e).__name__}: {e}; "
-                              f"falling back to an older one", stacklevel=2)
+                warnings.warn(
+                    f"skipping unreadable checkpoint {path}: {type(e).__name__}: {e}; falling back to an older one",
+                    stacklevel=2,
+                )
         return None
 
 
@@ -202,15 +213,20 @@ def prepare_run_dir(run_dir: str | os.PathLike, task: str, resume: str = "auto",
             except (OSError, json.JSONDecodeError):
                 owner = None
             if owner and owner != task:
-                raise RunDirError(f"run dir {run_dir} belongs to a '{owner}' run, not '{task}'; "
-                                  f"choose another --run.dir")
+                raise RunDirError(
+                    f"run dir {run_dir} belongs to a '{owner}' run, not '{task}'; choose another --run.dir"
+                )
             if resume == "never" and Checkpointer(run_dir / "ckpt").complete_steps():
-                raise RunDirError(f"run dir {run_dir} already holds checkpoints and ckpt.resume=never; "
-                                  f"use --ckpt.resume=auto to continue it or choose a new --run.dir")
+                raise RunDirError(
+                    f"run dir {run_dir} already holds checkpoints and ckpt.resume=never; "
+                    f"use --ckpt.resume=auto to continue it or choose a new --run.dir"
+                )
             return run_dir
         if any(run_dir.iterdir()):
-            raise RunDirError(f"run dir {run_dir} exists, is not empty and was not created by genai-train "
-                              f"(no {RUN_MARKER}); choose a new --run.dir so nothing in it is overwritten")
+            raise RunDirError(
+                f"run dir {run_dir} exists, is not empty and was not created by genai-train "
+                f"(no {RUN_MARKER}); choose a new --run.dir so nothing in it is overwritten"
+            )
     if create:
         run_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"task": task}))

@@ -14,8 +14,9 @@ __all__ = ["ShardedBatchSampler"]
 
 
 class ShardedBatchSampler:
-    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+    def __init__(
+        self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ):
         if num_items <= 0:
             raise ValueError("cannot sample batches from an empty dataset")
         if batch_size <= 0:
@@ -49,19 +50,28 @@ class ShardedBatchSampler:
             self.epoch, self.offset, self._perm = self.epoch + 1, 0, None
             perm = self._permutation()
         start = self.offset + self.rank * self.batch_size
-        idx = perm[start:start + self.batch_size]
+        idx = perm[start : start + self.batch_size]
         self.offset += self.global_batch
         return idx
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "num_items": self.num_items,
-                "global_batch": self.global_batch}
+        return {
+            "epoch": self.epoch,
+            "offset": self.offset,
+            "seed": self.seed,
+            "num_items": self.num_items,
+            "global_batch": self.global_batch,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_items"] != self.num_items:
-            raise ValueError(f"data changed since the checkpoint: {state['num_items']} items then, "
-                             f"{self.num_items} now; resume with the same data or start a new run dir")
+            raise ValueError(
+                f"data changed since the checkpoint: {state['num_items']} items then, "
+                f"{self.num_items} now; resume with the same data or start a new run dir"
+            )
         if state["global_batch"] != self.global_batch:
-            raise ValueError(f"global batch changed since the checkpoint ({state['global_batch']} then, "
-                             f"{self.global_batch} now); exact resume needs the same batch size x world size")
+            raise ValueError(
+                f"global batch changed since the checkpoint ({state['global_batch']} then, "
+                f"{self.global_batch} now); exact resume needs the same batch size x world size"
+            )
         self.epoch, self.offset, self.seed, self._perm = state["epoch"], state["offset"], state["seed"], None

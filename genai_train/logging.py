@@ -48,6 +48,7 @@ class RunLogger:
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow
+
                     self._tb = SummaryWriter(str(self.run_dir / "tb"))
                 except ImportError:
                     self.info("tensorboard is not installed; scalars go to metrics.jsonl only")
@@ -88,8 +89,16 @@ class RunLogger:
     def progress(self, total: int, initial: int = 0, desc: str = ""):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, disable=not self.enabled, dynamic_ncols=True,
-                    unit="step", file=sys.stderr, mininterval=1.0)
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            disable=not self.enabled,
+            dynamic_ncols=True,
+            unit="step",
+            file=sys.stderr,
+            mininterval=1.0,
+        )
 
     def info(self, msg: str) -> None:
         if self.enabled:

@@ -14,7 +14,8 @@ __all__ = ["ScheduleConfig", "lr_factor", "build_scheduler"]
 @dataclass
 class ScheduleConfig:
     kind: Literal["cosine", "linear", "constant"] = field(
-        default="cosine", metadata={"help": "decay after warm-up: cosine, linear or constant"})
+        default="cosine", metadata={"help": "decay after warm-up: cosine, linear or constant"}
+    )
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up length in optimizer steps"})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "final LR as a fraction of the peak LR"})
 

@@ -40,9 +40,7 @@ class DataConfig:
     batch_size: int = field(default=16, metadata={"help": "windows per optimizer step"})
     val_fraction: float = field(default=0.05, metadata={"help": "share of files (or tokens) held out"})
     val_batches: int = field(default=8, metadata={"help": "validation batches per evaluation"})
-    mask_prob: float = field(
-        default=0.15, metadata={"help": "MLM: share of tokens masked (BERT recipe 80/10/10)"}
-    )
+    mask_prob: float = field(default=0.15, metadata={"help": "MLM: share of tokens masked (BERT recipe 80/10/10)"})
 
     def __post_init__(self) -> None:
         if self.seq_len < 2:
@@ -172,9 +170,7 @@ class TextData:
         """Fixed validation batches (the first windows of the held-out stream)."""
         n = min(self.n_val_windows, self.cfg.val_batches * self.cfg.batch_size)
         idx = torch.arange(n)
-        return [
-            self.windows(idx[i : i + self.cfg.batch_size], "val") for i in range(0, n, self.cfg.batch_size)
-        ]
+        return [self.windows(idx[i : i + self.cfg.batch_size], "val") for i in range(0, n, self.cfg.batch_size)]
 
 
 def mlm_mask(

@@ -68,15 +68,11 @@ class LigoConfig:
             "undoing the loss jump of stacking needs them to move by ~0.5 within the phase"
         },
     )
-    weight_decay: float = field(
-        default=0.0, metadata={"help": "AdamW weight decay on the operator (0: keep init)"}
-    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the operator (0: keep init)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the operator gradient norm (0: off)"})
     noise: float = field(
         default=0.01,
-        metadata={
-            "help": "std of symmetry-breaking noise on out-operators, relative to a row (0: exact copies)"
-        },
+        metadata={"help": "std of symmetry-breaking noise on out-operators, relative to a row (0: exact copies)"},
     )
     attn_operator: Literal["auto", "full", "head"] = field(
         default="auto",
@@ -277,9 +273,7 @@ class LigoOperator(nn.Module):
         self.src, self.tgt, self.cfg = src, tgt, cfg
         self.head_structured = cfg.attn_operator == "head" or (cfg.attn_operator == "auto" and tgt.rope)
         if self.head_structured and src.dh != tgt.dh:
-            raise ValueError(
-                f"attn_operator=head keeps head_dim ({src.dh} -> {tgt.dh}); use attn_operator=full"
-            )
+            raise ValueError(f"attn_operator=head keeps head_dim ({src.dh} -> {tgt.dh}); use attn_operator=full")
         self.small = {k: v.detach() for k, v in small.items()}
         g = torch.Generator().manual_seed(seed)
 
@@ -301,15 +295,10 @@ class LigoOperator(nn.Module):
         self.per_layer = {n for n in init if cfg.per_layer and n not in ("emb_out", "emb_in")}
         self.width = nn.ParameterDict()
         for name, M in init.items():
-            if (
-                name in self.per_layer
-            ):  # one copy per small layer, each with its own noise: [L1, n_new, n_old]
+            if name in self.per_layer:  # one copy per small layer, each with its own noise: [L1, n_new, n_old]
                 M = M.expand(src.n_layers, *M.shape).clone()
             if name in noisy and cfg.noise > 0:
-                M = (
-                    M
-                    + torch.randn(M.shape, generator=g) * (cfg.noise / math.sqrt(M.shape[-1])) * M.abs().max()
-                )
+                M = M + torch.randn(M.shape, generator=g) * (cfg.noise / math.sqrt(M.shape[-1])) * M.abs().max()
             self.width[name] = nn.Parameter(M, requires_grad=cfg.train_width)
 
         # ---- depth: stacking, one coefficient matrix per per-layer parameter type
@@ -317,10 +306,7 @@ class LigoOperator(nn.Module):
         stack = selection(depth_map(L1, L2, cfg.depth_init), L1)  # [L2, L1]
         self.layer_keys = sorted({k.split(".", 2)[2] for k in small if k.startswith("layers.")})
         self.depth = nn.ParameterDict(
-            {
-                k.replace(".", "__"): nn.Parameter(stack.clone(), requires_grad=cfg.train_depth)
-                for k in self.layer_keys
-            }
+            {k.replace(".", "__"): nn.Parameter(stack.clone(), requires_grad=cfg.train_depth) for k in self.layer_keys}
         )
         self.top_keys = sorted(k for k in small if not k.startswith("layers."))
         self._stacked = self._stack(self.small)  # the frozen small layers, stacked once
@@ -328,8 +314,7 @@ class LigoOperator(nn.Module):
     def _stack(self, small: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-layer parameters of the small model stacked along a new layer axis: {key: [L1, ...]}."""
         return {
-            key: torch.stack([small[f"layers.{j}.{key}"] for j in range(self.src.n_layers)])
-            for key in self.layer_keys
+            key: torch.stack([small[f"layers.{j}.{key}"] for j in range(self.src.n_layers)]) for key in self.layer_keys
         }
 
     # -- operator matrices ----------------------------------------------------------------------------
@@ -344,9 +329,7 @@ class LigoOperator(nn.Module):
             return K.reshape(*M.shape[:-2], M.shape[-2] * dh, M.shape[-1] * dh)
         return M
 
-    def _widen(
-        self, W: torch.Tensor, role: tuple[str | None, ...], mats: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    def _widen(self, W: torch.Tensor, role: tuple[str | None, ...], mats: dict[str, torch.Tensor]) -> torch.Tensor:
         """W [..., n0(, n1)] -> op0 W op1^T, batched over leading (layer) axes; an operator is [n_new, n_old]
         or, per layer, [L, n_new, n_old] matching W's leading axis."""
         nd = len(role)

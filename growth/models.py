@@ -71,9 +71,7 @@ class CheckpointFolderError(ValueError):
 class ModelConfig:
     """Shape and family of a transformer. Family-specific choices (norm, MLP, positions) are derived."""
 
-    arch: Arch = field(
-        default="gpt2", metadata={"help": "family: gpt2 (decoder) | bert (encoder, MLM) | llama"}
-    )
+    arch: Arch = field(default="gpt2", metadata={"help": "family: gpt2 (decoder) | bert (encoder, MLM) | llama"})
     vocab_size: int = field(default=257, metadata={"help": "token vocabulary size"})
     n_layers: int = field(default=4, metadata={"help": "number of transformer blocks"})
     d_model: int = field(default=128, metadata={"help": "residual stream width"})
@@ -100,11 +98,7 @@ class ModelConfig:
                 f"heads={self.n_heads} does not divide d_model={self.d_model}; choose heads so that "
                 f"d_model/heads is an integer (e.g. heads={_divisor_near(self.d_model, self.n_heads)})"
             )
-        if (
-            self.head_dim is not None
-            and self.arch != "llama"
-            and self.head_dim * self.n_heads != self.d_model
-        ):
+        if self.head_dim is not None and self.arch != "llama" and self.head_dim * self.n_heads != self.d_model:
             raise ValueError(
                 f"{self.arch}: head_dim*heads must equal d_model ({self.head_dim}*{self.n_heads} != "
                 f"{self.d_model}); leave head_dim unset"
@@ -287,9 +281,7 @@ class Transformer(nn.Module):
         cfg = self.cfg
         B, T = ids.shape
         if T > cfg.max_seq_len and not cfg.rope:
-            raise ValueError(
-                f"sequence length {T} exceeds the model's {cfg.max_seq_len} positions; lower data.seq_len"
-            )
+            raise ValueError(f"sequence length {T} exceeds the model's {cfg.max_seq_len} positions; lower data.seq_len")
         x = self.tok_emb(ids)  # [B, T, D]
         rope = None
         if cfg.rope:
@@ -368,8 +360,7 @@ def parse_target(spec: str) -> dict[str, int]:
         key, val = (s.strip() for s in part.split("=", 1))
         if key not in _TARGET_KEYS:
             raise ValueError(
-                f"unknown target key {key!r}{closest(key, list(_TARGET_KEYS))}; "
-                f"keys: {', '.join(_TARGET_KEYS)}"
+                f"unknown target key {key!r}{closest(key, list(_TARGET_KEYS))}; keys: {', '.join(_TARGET_KEYS)}"
             )
         try:
             out[_TARGET_KEYS[key]] = int(val)
@@ -418,8 +409,7 @@ def target_config(src: ModelConfig, spec: str | dict) -> ModelConfig:
         if b < a:
             key = inv.get(f, {"kv_heads": "kv_heads", "dh": "head_dim"}.get(f, f))
             raise ValueError(
-                f"target {key}={b} is smaller than the source's {a}; growth only enlarges a "
-                f"model: pass {key} >= {a}"
+                f"target {key}={b} is smaller than the source's {a}; growth only enlarges a model: pass {key} >= {a}"
             )
     return tgt
 
@@ -432,9 +422,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointFolderError(
-            f"{path}: cannot read JSON ({e}); the checkpoint folder is damaged"
-        ) from e
+        raise CheckpointFolderError(f"{path}: cannot read JSON ({e}); the checkpoint folder is damaged") from e
 
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -471,9 +459,7 @@ def _rope_theta(hf: dict) -> float:
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ("default", None):
-        raise CheckpointFolderError(
-            f"llama rope_type={kind!r} (scaled RoPE) is not supported; only default RoPE"
-        )
+        raise CheckpointFolderError(f"llama rope_type={kind!r} (scaled RoPE) is not supported; only default RoPE")
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
@@ -508,9 +494,7 @@ def _config_from_hf(hf: dict, folder: Path) -> ModelConfig:
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise CheckpointFolderError(f"{folder}: bert position_embedding_type must be 'absolute'")
         if hf.get("hidden_act", "gelu") != "gelu":
-            raise CheckpointFolderError(
-                f"{folder}: bert hidden_act {hf.get('hidden_act')!r} unsupported (gelu)"
-            )
+            raise CheckpointFolderError(f"{folder}: bert hidden_act {hf.get('hidden_act')!r} unsupported (gelu)")
         return ModelConfig(
             arch="bert",
             vocab_size=hf["vocab_size"],
@@ -555,9 +539,7 @@ def _strip(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, 
     return out
 
 
-def _hf_to_canonical(
-    cfg: ModelConfig, sd: dict[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _hf_to_canonical(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """HF names -> canonical names. Returns (state, notes about what was missing and initialised)."""
     out: dict[str, torch.Tensor] = {}
     notes: list[str] = []
@@ -658,9 +640,7 @@ def load_hf_folder(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Ten
     expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     for k, shape in expected.items():
         if tuple(sd[k].shape) != shape:
-            raise CheckpointFolderError(
-                f"{folder}: {k} has shape {tuple(sd[k].shape)}, config.json implies {shape}"
-            )
+            raise CheckpointFolderError(f"{folder}: {k} has shape {tuple(sd[k].shape)}, config.json implies {shape}")
     return cfg, sd, notes
 
 

@@ -66,9 +66,7 @@ class TrainSection:
     """Normal training of the (grown) large model."""
 
     steps: int = field(default=1000, metadata={"help": "optimizer steps after the operator phase"})
-    optim: OptimConfig = field(
-        default_factory=OptimConfig, metadata={"help": "optimizer (genai_train.optim)"}
-    )
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer (genai_train.optim)"})
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "LR schedule"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0: off)"})
 
@@ -87,9 +85,7 @@ class RunSection:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
     seed: int = field(default=0, metadata={"help": "seed of init, operator noise, data order and masks"})
     log_every: int = field(default=10, metadata={"help": "log the training loss every N steps"})
-    eval_every: int = field(
-        default=100, metadata={"help": "validation loss every N steps (0: only at the end)"}
-    )
+    eval_every: int = field(default=100, metadata={"help": "validation loss every N steps (0: only at the end)"})
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
@@ -118,18 +114,14 @@ class GrowConfig:
     )
     method: Literal["ligo", "stack", "scratch"] = field(
         default="ligo",
-        metadata={
-            "help": "ligo (learned operator) | stack (stacking + Net2Net widening) | scratch (fresh init)"
-        },
+        metadata={"help": "ligo (learned operator) | stack (stacking + Net2Net widening) | scratch (fresh init)"},
     )
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "text data"})
     ligo: LigoConfig = field(default_factory=LigoConfig, metadata={"help": "operator phase"})
     train: TrainSection = field(default_factory=TrainSection, metadata={"help": "normal training"})
     run: RunSection = field(default_factory=RunSection, metadata={"help": "run folder, device, seed"})
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
-    export: bool = field(
-        default=True, metadata={"help": "write the final model as a HF folder to <run.dir>/hf"}
-    )
+    export: bool = field(default=True, metadata={"help": "write the final model as a HF folder to <run.dir>/hf"})
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -191,9 +183,7 @@ class GrowTrainer:
         self.src = src
         self.tgt = build_target(cfg, src, self.data.vocab_size)
         if not self.tgt.rope and cfg.data.seq_len > self.tgt.max_seq_len:
-            raise ValueError(
-                f"data.seq_len={cfg.data.seq_len} exceeds the model's {self.tgt.max_seq_len} positions"
-            )
+            raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds the model's {self.tgt.max_seq_len} positions")
         if self.tgt.objective == "mlm" and self.data.mask_token_id is None:
             raise ValueError("an MLM (bert) model needs a tokenizer with a mask token")
         torch.manual_seed(cfg.run.seed)
@@ -236,9 +226,7 @@ class GrowTrainer:
                     "lr": lc.depth_lr if lc.depth_lr is not None else lc.lr,
                 },
             ]
-            self.opt = torch.optim.AdamW(
-                [g for g in groups if g["params"]], lr=lc.lr, weight_decay=lc.weight_decay
-            )
+            self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lc.lr, weight_decay=lc.weight_decay)
             sched = ScheduleConfig(kind="constant", warmup_steps=cfg.ligo.resolved_warmup)
             self.sched = build_scheduler(self.opt, sched, self.ligo_steps)
             self.params = [p for p in self.op.parameters() if p.requires_grad]
@@ -324,9 +312,7 @@ class GrowTrainer:
     def evaluate(self) -> float:
         """Mean validation loss over the fixed held-out batches."""
         params = {k: v.detach() for k, v in self.op.grow().items()} if self.phase == "ligo" else None
-        losses = [
-            self.loss(b.to(self.device), params, mask_seed=10_007 + i).item() for i, b in enumerate(self._val)
-        ]
+        losses = [self.loss(b.to(self.device), params, mask_seed=10_007 + i).item() for i, b in enumerate(self._val)]
         return sum(losses) / len(losses)
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -405,18 +391,13 @@ class GrowTrainer:
             "phase": self.phase,
             "flops": self.flops,
             "wall_s": self.wall,
-            "target": {
-                k: getattr(self.tgt, k)
-                for k in ("arch", "n_layers", "d_model", "n_heads", "kv_heads", "d_ff")
-            },
+            "target": {k: getattr(self.tgt, k) for k in ("arch", "n_layers", "d_model", "n_heads", "kv_heads", "d_ff")},
         }
         if self.step_count >= self.total_steps:
             summary["val_loss"] = self.evaluate()
             if cfg.export:
                 summary["hf_folder"] = str(
-                    save_hf_folder(
-                        self.model, self.tgt, self.run_dir / "hf", tokenizer_from=cfg.small or None
-                    )
+                    save_hf_folder(self.model, self.tgt, self.run_dir / "hf", tokenizer_from=cfg.small or None)
                 )
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

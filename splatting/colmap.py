@@ -20,8 +20,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["SUPPORTED_MODELS", "View", "Scene", "SceneError", "find_sparse_dir", "load_scene",
-           "undistort_image", "distort_points"]
+__all__ = [
+    "SUPPORTED_MODELS",
+    "View",
+    "Scene",
+    "SceneError",
+    "find_sparse_dir",
+    "load_scene",
+    "undistort_image",
+    "distort_points",
+]
 
 SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -74,9 +82,11 @@ def find_sparse_dir(root: Path) -> Path:
     for cand in (root / "sparse" / "0", root / "sparse"):
         if cand.is_dir() and any((cand / f"cameras{ext}").exists() for ext in (".bin", ".txt")):
             return cand
-    raise SceneError(f"{root}: no COLMAP model found; expected {root}/sparse/0 or {root}/sparse holding "
-                     f"cameras, images and points3D (.bin or .txt); run COLMAP's mapper or pass --scene to "
-                     f"a scene folder")
+    raise SceneError(
+        f"{root}: no COLMAP model found; expected {root}/sparse/0 or {root}/sparse holding "
+        f"cameras, images and points3D (.bin or .txt); run COLMAP's mapper or pass --scene to "
+        f"a scene folder"
+    )
 
 
 def distort_points(model: str, dist: tuple[float, ...], xy: Tensor) -> Tensor:
@@ -95,16 +105,16 @@ def undistort_image(img: Tensor, K: Tensor, model: str, dist: tuple[float, ...])
     if not any(abs(d) > 0 for d in dist):
         return img
     h, w = img.shape[:2]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     K = K.double()
     xy = torch.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1]], dim=-1)
     d = distort_points(model, dist, xy)
     u = d[..., 0] * K[0, 0] + K[0, 2]
     v = d[..., 1] * K[1, 1] + K[1, 2]
     grid = torch.stack([2 * (u + 0.5) / w - 1, 2 * (v + 0.5) / h - 1], dim=-1).float()[None]
-    out = torch.nn.functional.grid_sample(img.permute(2, 0, 1)[None], grid, mode="bilinear",
-                                          padding_mode="border", align_corners=False)
+    out = torch.nn.functional.grid_sample(
+        img.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out[0].permute(1, 2, 0)
 
 
@@ -112,9 +122,11 @@ def _camera_intrinsics(cam) -> tuple[Tensor, str, tuple[float, ...]]:
     name = cam.model.name
     p = [float(v) for v in cam.params]
     if name not in SUPPORTED_MODELS:
-        raise SceneError(f"camera {cam.camera_id} uses COLMAP model {name}, which is not supported; supported "
-                         f"models: {', '.join(SUPPORTED_MODELS)} (undistort the images with "
-                         f"`colmap image_undistorter` first)")
+        raise SceneError(
+            f"camera {cam.camera_id} uses COLMAP model {name}, which is not supported; supported "
+            f"models: {', '.join(SUPPORTED_MODELS)} (undistort the images with "
+            f"`colmap image_undistorter` first)"
+        )
     if name == "SIMPLE_PINHOLE":
         fx = fy = p[0]
         cx, cy, dist = p[1], p[2], ()
@@ -190,36 +202,48 @@ def _scan_images(image_dir: Path) -> dict[str, Path]:
     return out
 
 
-def load_scene(root: str | os.PathLike, factor: int = 1, test_every: int = 8, normalize: bool = True,
-               image_dir: str = "images", cache_dir: str | os.PathLike | None = None) -> Scene:
+def load_scene(
+    root: str | os.PathLike,
+    factor: int = 1,
+    test_every: int = 8,
+    normalize: bool = True,
+    image_dir: str = "images",
+    cache_dir: str | os.PathLike | None = None,
+) -> Scene:
     """Read ``root`` (a COLMAP scene folder) into train/test :class:`View` lists and SfM points."""
     import pycolmap
 
     root = Path(root)
     if not root.is_dir():
-        raise SceneError(f"scene folder {root} does not exist; pass --scene to a COLMAP scene folder "
-                         f"(with images/ and sparse/)")
+        raise SceneError(
+            f"scene folder {root} does not exist; pass --scene to a COLMAP scene folder (with images/ and sparse/)"
+        )
     if factor < 1:
         raise SceneError(f"data factor must be >= 1, got {factor}")
     sparse = find_sparse_dir(root)
     images_root = root / image_dir
     if not images_root.is_dir():
-        raise SceneError(f"{root}: image folder {images_root} is missing; the COLMAP model lists images "
-                         f"that must be there (pass data.image_dir if they live elsewhere)")
+        raise SceneError(
+            f"{root}: image folder {images_root} is missing; the COLMAP model lists images "
+            f"that must be there (pass data.image_dir if they live elsewhere)"
+        )
     try:
         rec = pycolmap.Reconstruction(str(sparse))
     except Exception as e:  # pycolmap raises plain RuntimeError/ValueError on broken files
         raise SceneError(f"{sparse}: cannot read the COLMAP model ({type(e).__name__}: {e})") from e
     reg = sorted(rec.reg_image_ids(), key=lambda i: rec.images[i].name)
     if not reg:
-        raise SceneError(f"{sparse}: the model has zero registered images; rerun COLMAP's mapper "
-                         f"(it could not pose any image)")
+        raise SceneError(
+            f"{sparse}: the model has zero registered images; rerun COLMAP's mapper (it could not pose any image)"
+        )
     files = _scan_images(images_root)
     missing = [rec.images[i].name for i in reg if rec.images[i].name not in files]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise SceneError(f"{images_root}: {len(missing)} image(s) listed in the COLMAP model are missing: "
-                         f"{shown}; copy them there or remove them from the model")
+        raise SceneError(
+            f"{images_root}: {len(missing)} image(s) listed in the COLMAP model are missing: "
+            f"{shown}; copy them there or remove them from the model"
+        )
 
     views, c2ws = [], []
     for i in reg:
@@ -230,8 +254,18 @@ def load_scene(root: str | os.PathLike, factor: int = 1, test_every: int = 8, no
         w2c[:3, :] = im.cam_from_world().matrix()
         c2w = np.linalg.inv(w2c)
         c2ws.append(c2w)
-        views.append(View(name=im.name, image_path=files[im.name], K=K, camtoworld=torch.from_numpy(c2w),
-                          width=int(cam.width), height=int(cam.height), model=model, dist=dist))
+        views.append(
+            View(
+                name=im.name,
+                image_path=files[im.name],
+                K=K,
+                camtoworld=torch.from_numpy(c2w),
+                width=int(cam.width),
+                height=int(cam.height),
+                model=model,
+                dist=dist,
+            )
+        )
     c2w_all = np.stack(c2ws)
     pts = np.array([p.xyz for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3)
     cols = np.array([p.color for p in rec.points3D.values()], dtype=np.float64).reshape(-1, 3) / 255.0
@@ -258,10 +292,17 @@ def load_scene(root: str | os.PathLike, factor: int = 1, test_every: int = 8, no
         v.camtoworld = v.camtoworld.float()
     test = [v for j, v in enumerate(views) if test_every > 0 and j % test_every == 0]
     train = [v for j, v in enumerate(views) if not (test_every > 0 and j % test_every == 0)]
-    return Scene(root=root, train=train, test=test, points=torch.from_numpy(pts_n).float(),
-                 point_colors=torch.from_numpy(cols).float(), scene_scale=scene_scale,
-                 transform=torch.from_numpy(transform).float(), factor=factor,
-                 cache_dir=Path(cache_dir) if cache_dir else None)
+    return Scene(
+        root=root,
+        train=train,
+        test=test,
+        points=torch.from_numpy(pts_n).float(),
+        point_colors=torch.from_numpy(cols).float(),
+        scene_scale=scene_scale,
+        transform=torch.from_numpy(transform).float(),
+        factor=factor,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+    )
 
 
 def _cache_path(view: View, factor: int, cache_dir: Path | None) -> Path:
@@ -294,8 +335,10 @@ def _read_view_image(view: View, factor: int, cache_dir: Path | None) -> Tensor:
     else:
         pil = Image.open(view.image_path).convert("RGB")
     if pil.size != (view.width, view.height):
-        raise SceneError(f"{view.image_path}: image is {pil.size[0]}x{pil.size[1]} but its COLMAP camera "
-                         f"says {view.width}x{view.height} (after factor {factor}); the model and the "
-                         f"images do not match")
+        raise SceneError(
+            f"{view.image_path}: image is {pil.size[0]}x{pil.size[1]} but its COLMAP camera "
+            f"says {view.width}x{view.height} (after factor {factor}); the model and the "
+            f"images do not match"
+        )
     img = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)
     return undistort_image(img, view.K, view.model, view.dist)

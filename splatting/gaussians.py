@@ -42,13 +42,20 @@ def knn_mean_distance(points: Tensor, k: int = 3) -> Tensor:
     return torch.from_numpy(np.asarray(dist)[:, 1:].mean(-1)).to(points.dtype)
 
 
-def init_gaussians(points: Tensor, colors: Tensor, sh_degree: int = 3, init_opacity: float = 0.1,
-                   init_scale: float = 1.0, generator: torch.Generator | None = None
-                   ) -> torch.nn.ParameterDict:
+def init_gaussians(
+    points: Tensor,
+    colors: Tensor,
+    sh_degree: int = 3,
+    init_opacity: float = 0.1,
+    init_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.nn.ParameterDict:
     """Gaussians at ``points`` [P, 3] with ``colors`` [P, 3] in [0, 1] (gsplat's SfM initialization)."""
     if points.ndim != 2 or points.shape[-1] != 3 or len(points) == 0:
-        raise ValueError(f"need a non-empty [P, 3] point cloud to initialize Gaussians, got {tuple(points.shape)}; "
-                         f"the COLMAP model has no 3-D points (run triangulation)")
+        raise ValueError(
+            f"need a non-empty [P, 3] point cloud to initialize Gaussians, got {tuple(points.shape)}; "
+            f"the COLMAP model has no 3-D points (run triangulation)"
+        )
     n = points.shape[0]
     dist = knn_mean_distance(points).clamp_min(1e-7)  # [N]
     scales = torch.log(dist * init_scale)[:, None].repeat(1, 3)
@@ -56,15 +63,20 @@ def init_gaussians(points: Tensor, colors: Tensor, sh_degree: int = 3, init_opac
     opac = torch.full((n,), math.log(init_opacity / (1 - init_opacity)))
     sh0 = rgb_to_sh(colors.float())[:, None, :]
     shn = torch.zeros(n, num_sh_bases(sh_degree) - 1, 3)
-    return torch.nn.ParameterDict({
-        "means": torch.nn.Parameter(points.float().clone()), "scales": torch.nn.Parameter(scales.float()),
-        "quats": torch.nn.Parameter(quats), "opacities": torch.nn.Parameter(opac),
-        "sh0": torch.nn.Parameter(sh0), "shN": torch.nn.Parameter(shn)})
+    return torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(points.float().clone()),
+            "scales": torch.nn.Parameter(scales.float()),
+            "quats": torch.nn.Parameter(quats),
+            "opacities": torch.nn.Parameter(opac),
+            "sh0": torch.nn.Parameter(sh0),
+            "shN": torch.nn.Parameter(shn),
+        }
+    )
 
 
 def empty_gaussians(n: int, sh_degree: int = 3) -> torch.nn.ParameterDict:
     """Zero-filled parameters of the right shapes (to load a checkpoint or PLY into)."""
     k = num_sh_bases(sh_degree) - 1
-    shapes = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3),
-              "shN": (n, k, 3)}
+    shapes = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3), "shN": (n, k, 3)}
     return torch.nn.ParameterDict({key: torch.nn.Parameter(torch.zeros(s)) for key, s in shapes.items()})

@@ -74,8 +74,10 @@ def _load_lpips(net: str, weights: str | os.PathLike | None):
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     path = Path(weights) if weights else hub / _BACKBONE_FILES[net]
     if not path.exists():
-        raise LPIPSUnavailable(f"LPIPS skipped: backbone weights {path} not found (no downloads here); put "
-                               f"torchvision's {_BACKBONE_FILES[net]} there or pass eval.lpips_weights")
+        raise LPIPSUnavailable(
+            f"LPIPS skipped: backbone weights {path} not found (no downloads here); put "
+            f"torchvision's {_BACKBONE_FILES[net]} there or pass eval.lpips_weights"
+        )
     try:
         import lpips
     except ImportError as e:

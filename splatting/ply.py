@@ -31,15 +31,27 @@ def save_ply(params: dict[str, Tensor], path: str | os.PathLike) -> dict:
     sh0 = params["sh0"].detach().cpu().float().reshape(n, 3)
     shn = params["shN"].detach().cpu().float()
     rest = shn.transpose(1, 2).reshape(n, -1)  # [N, 3 * (K - 1)] channel-major
-    cols = [means, torch.zeros(n, 3), sh0, rest, params["opacities"].detach().cpu().float().reshape(n, 1),
-            params["scales"].detach().cpu().float(), params["quats"].detach().cpu().float()]
+    cols = [
+        means,
+        torch.zeros(n, 3),
+        sh0,
+        rest,
+        params["opacities"].detach().cpu().float().reshape(n, 1),
+        params["scales"].detach().cpu().float(),
+        params["quats"].detach().cpu().float(),
+    ]
     data = torch.cat(cols, dim=1).numpy()
     finite = np.isfinite(data).all(axis=1)
     dropped = int((~finite).sum())
     data = data[finite]
-    names = (["x", "y", "z", "nx", "ny", "nz"] + [f"f_dc_{i}" for i in range(3)]
-             + [f"f_rest_{i}" for i in range(rest.shape[1])] + ["opacity"]
-             + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+    names = (
+        ["x", "y", "z", "nx", "ny", "nz"]
+        + [f"f_dc_{i}" for i in range(3)]
+        + [f"f_rest_{i}" for i in range(rest.shape[1])]
+        + ["opacity"]
+        + [f"scale_{i}" for i in range(3)]
+        + [f"rot_{i}" for i in range(4)]
+    )
     arr = np.empty(data.shape[0], dtype=[(name, "<f4") for name in names])
     for i, name in enumerate(names):
         arr[name] = data[:, i]
@@ -63,8 +75,22 @@ def load_ply(path: str | os.PathLike) -> dict[str, Tensor]:
         raise PLYError(f"{path}: no 'vertex' element; not a Gaussian splat PLY")
     v = ply["vertex"]
     names = {p.name for p in v.properties}
-    need = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
-            "rot_0", "rot_1", "rot_2", "rot_3"]
+    need = [
+        "x",
+        "y",
+        "z",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     missing = [k for k in need if k not in names]
     if missing:
         raise PLYError(f"{path}: missing properties {missing}; expected the INRIA 3DGS layout")

@@ -29,9 +29,13 @@ def make_gt_gaussians(n: int = 400, seed: int = 0) -> dict[str, torch.Tensor]:
     means = torch.cat([ring, ball]) + 0.02 * torch.randn(n, 3, generator=g)
     hue = torch.cat([t / (2 * math.pi), 0.5 + 0.5 * d[:, 2]])
     colors = torch.stack([0.5 + 0.5 * torch.cos(2 * math.pi * (hue + k / 3)) for k in range(3)], dim=-1)
-    return {"means": means, "quats": torch.randn(n, 4, generator=g),
-            "scales": 0.03 + 0.05 * torch.rand(n, 3, generator=g), "opacities": 0.6 + 0.4 * torch.rand(n, generator=g),
-            "colors": colors.clamp(0.05, 0.95)}
+    return {
+        "means": means,
+        "quats": torch.randn(n, 4, generator=g),
+        "scales": 0.03 + 0.05 * torch.rand(n, 3, generator=g),
+        "opacities": 0.6 + 0.4 * torch.rand(n, generator=g),
+        "colors": colors.clamp(0.05, 0.95),
+    }
 
 
 def look_at(pos: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -44,10 +48,19 @@ def look_at(pos: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.
     return c2w
 
 
-def write_colmap_scene(out: str | os.PathLike, n_views: int = 16, width: int = 96, height: int = 72,
-                       n_gaussians: int = 400, n_points: int = 300, seed: int = 0, binary: bool = True,
-                       models: tuple[str, ...] = ("PINHOLE",), sparse_subdir: str = "sparse/0",
-                       background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict:
+def write_colmap_scene(
+    out: str | os.PathLike,
+    n_views: int = 16,
+    width: int = 96,
+    height: int = 72,
+    n_gaussians: int = 400,
+    n_points: int = 300,
+    seed: int = 0,
+    binary: bool = True,
+    models: tuple[str, ...] = ("PINHOLE",),
+    sparse_subdir: str = "sparse/0",
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> dict:
     """Render a synthetic capture and write ``out/images/*.png`` + a COLMAP model in ``out/<sparse_subdir>``.
 
     ``models`` cycles over the views (one camera per image); only the pinhole part is used for the images,
@@ -74,15 +87,29 @@ def write_colmap_scene(out: str | os.PathLike, n_views: int = 16, width: int = 9
         aspect = 1.02 if model in ("PINHOLE", "OPENCV") else 1.0  # single-focal models have fx = fy
         K = torch.tensor([[f, 0.0, w / 2], [0.0, f * aspect, h / 2], [0.0, 0.0, 1.0]])
         with torch.no_grad():
-            img, _, _ = rasterize(gt["means"], gt["quats"], gt["scales"], gt["opacities"], gt["colors"],
-                                  torch.linalg.inv(c2w)[None], K[None], w, h, backgrounds=bg[None])
+            img, _, _ = rasterize(
+                gt["means"],
+                gt["quats"],
+                gt["scales"],
+                gt["opacities"],
+                gt["colors"],
+                torch.linalg.inv(c2w)[None],
+                K[None],
+                w,
+                h,
+                backgrounds=bg[None],
+            )
         name = f"view_{i:03d}.png"
         iio.imwrite(out / "images" / name, (img[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
         cam = pycolmap.Camera.create_from_model_name(i + 1, model, float(f), w, h)
         fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-        params = {"SIMPLE_PINHOLE": [fx, cx, cy], "PINHOLE": [fx, fy, cx, cy],
-                  "SIMPLE_RADIAL": [fx, cx, cy, 0.0], "RADIAL": [fx, cx, cy, 0.0, 0.0],
-                  "OPENCV": [fx, fy, cx, cy, 0.0, 0.0, 0.0, 0.0]}.get(model)
+        params = {
+            "SIMPLE_PINHOLE": [fx, cx, cy],
+            "PINHOLE": [fx, fy, cx, cy],
+            "SIMPLE_RADIAL": [fx, cx, cy, 0.0],
+            "RADIAL": [fx, cx, cy, 0.0, 0.0],
+            "OPENCV": [fx, fy, cx, cy, 0.0, 0.0, 0.0, 0.0],
+        }.get(model)
         if params is None:  # an unsupported model for error tests: keep pycolmap's default parameters
             params = list(cam.params)
         cam.params = params

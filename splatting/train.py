@@ -34,9 +34,25 @@ from splatting.render import RasterSettings, render
 from splatting.render.torch_raster import DEFAULT_SETTINGS
 from splatting.strategies import DensifyConfig
 
-__all__ = ["DataConfig", "RenderConfig", "LRConfig", "RunSection", "EvalConfig", "TrainConfig", "train",
-           "make_optimizers", "render_view", "evaluate", "load_gaussians", "EvalCommandConfig",
-           "RenderCommandConfig", "ExportCommandConfig", "run_eval", "run_render", "run_export"]
+__all__ = [
+    "DataConfig",
+    "RenderConfig",
+    "LRConfig",
+    "RunSection",
+    "EvalConfig",
+    "TrainConfig",
+    "train",
+    "make_optimizers",
+    "render_view",
+    "evaluate",
+    "load_gaussians",
+    "EvalCommandConfig",
+    "RenderCommandConfig",
+    "ExportCommandConfig",
+    "run_eval",
+    "run_render",
+    "run_export",
+]
 
 
 @dataclass
@@ -58,14 +74,20 @@ class DataConfig:
 @dataclass
 class RenderConfig:
     backend: Literal["auto", "torch", "gsplat"] = field(
-        default="auto", metadata={"help": "auto: gsplat CUDA on a GPU when installed, else our PyTorch rasterizer"})
+        default="auto", metadata={"help": "auto: gsplat CUDA on a GPU when installed, else our PyTorch rasterizer"}
+    )
     tile_size: int = field(default=8, metadata={"help": "tile size in pixels (the image does not depend on it)"})
     chunk_elems: int = field(default=1 << 22, metadata={"help": "fragments per compositing chunk (bounds memory)"})
-    store_elems: int = field(default=1 << 26, metadata={
-        "help": "forward fragment values (4 bytes each) kept per render for the backward, which recomputes the "
-                "rest; 0 recomputes all (least memory, slower)"})
+    store_elems: int = field(
+        default=1 << 26,
+        metadata={
+            "help": "forward fragment values (4 bytes each) kept per render for the backward, which recomputes the "
+            "rest; 0 recomputes all (least memory, slower)"
+        },
+    )
     background: Literal["black", "white", "random"] = field(
-        default="black", metadata={"help": "background colour behind the Gaussians while training"})
+        default="black", metadata={"help": "background colour behind the Gaussians while training"}
+    )
 
     def __post_init__(self):
         if self.tile_size < 1 or self.chunk_elems < 1 or self.store_elems < 0:
@@ -99,8 +121,9 @@ class RunSection:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
     seed: int = field(default=42, metadata={"help": "random seed"})
     log_every: int = field(default=100, metadata={"help": "log scalars every N steps"})
-    threads: int = field(default=0,
-                         metadata={"help": "CPU threads for PyTorch (0: its default; 1 is fastest on a busy machine)"})
+    threads: int = field(
+        default=0, metadata={"help": "CPU threads for PyTorch (0: its default; 1 is fastest on a busy machine)"}
+    )
 
     def __post_init__(self):
         if self.log_every < 1:
@@ -126,20 +149,40 @@ class TrainConfig:
     sh_degree_interval: int = field(default=1000, metadata={"help": "raise the SH degree by one every N steps"})
     init_opacity: float = field(default=0.1, metadata={"help": "initial opacity of every Gaussian"})
     init_scale: float = field(default=1.0, metadata={"help": "initial scale = this x mean 3-NN distance"})
-    init_random: int = field(default=0, metadata={
-        "help": "add this many random points (uniform in a cube of half-side init_extent x scene scale; see "
-                "init_views, init_color) to the SfM points: starts Gaussians where SfM found none, e.g. walls"})
+    init_random: int = field(
+        default=0,
+        metadata={
+            "help": "add this many random points (uniform in a cube of half-side init_extent x scene scale; see "
+            "init_views, init_color) to the SfM points: starts Gaussians where SfM found none, e.g. walls"
+        },
+    )
     init_extent: float = field(default=3.0, metadata={"help": "half-side of the random-init cube / scene scale"})
-    init_views: int = field(default=1, metadata={
-        "help": "keep a random point only if at least this many training cameras see it (0: keep all); a point "
-                "no training view sees never gets a gradient and shows up in test views as a stray blob"})
-    init_color: Literal["image", "random"] = field(default="image", metadata={
-        "help": "colour of random points: image = mean of the training pixels they project to, or random"})
+    init_views: int = field(
+        default=1,
+        metadata={
+            "help": "keep a random point only if at least this many training cameras see it (0: keep all); a point "
+            "no training view sees never gets a gradient and shows up in test views as a stray blob"
+        },
+    )
+    init_color: Literal["image", "random"] = field(
+        default="image",
+        metadata={"help": "colour of random points: image = mean of the training pixels they project to, or random"},
+    )
     ssim_lambda: float = field(default=0.2, metadata={"help": "weight of the D-SSIM term in the loss"})
-    opacity_reg: float = field(default=0.0, metadata={
-        "help": "add this x the mean opacity to the loss (as gsplat's --opacity_reg; favours fewer, solid Gaussians)"})
-    scale_reg: float = field(default=0.0, metadata={
-        "help": "add this x the mean of the Gaussians' scales (exp of log-scales) to the loss (gsplat's --scale_reg)"})
+    opacity_reg: float = field(
+        default=0.0,
+        metadata={
+            "help": "add this x the mean opacity to the loss (as gsplat's --opacity_reg; favours fewer, "
+            "solid Gaussians)"
+        },
+    )
+    scale_reg: float = field(
+        default=0.0,
+        metadata={
+            "help": "add this x the mean of the Gaussians' scales (exp of log-scales) to the loss "
+            "(gsplat's --scale_reg)"
+        },
+    )
     lr: LRConfig = field(default_factory=LRConfig)
     strategy: DensifyConfig = field(default_factory=DensifyConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -157,8 +200,9 @@ class TrainConfig:
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
         if self.init_random < 0 or not self.init_extent > 0:
-            raise ValueError(f"init_random must be >= 0 and init_extent > 0, got {self.init_random} and "
-                             f"{self.init_extent}")
+            raise ValueError(
+                f"init_random must be >= 0 and init_extent > 0, got {self.init_random} and {self.init_extent}"
+            )
         if self.init_views < 0:
             raise ValueError(f"init_views must be >= 0, got {self.init_views}")
         if not 0 <= self.ssim_lambda <= 1:
@@ -171,8 +215,9 @@ class TrainConfig:
 # pieces
 
 
-def seen_by(points: Tensor, views, images: list[Tensor] | None = None, near: float = 1e-2
-            ) -> tuple[Tensor, Tensor | None]:
+def seen_by(
+    points: Tensor, views, images: list[Tensor] | None = None, near: float = 1e-2
+) -> tuple[Tensor, Tensor | None]:
     """How many of ``views`` see each point (in front of the camera by more than ``near``, projecting inside
     the image) and, with ``images`` ([H, W, 3] per view), the mean colour of the pixels it lands on (zero
     where no view sees it). points [N, 3] -> counts [N] (int), colours [N, 3] or None."""
@@ -209,8 +254,10 @@ def initial_points(scene, cfg: TrainConfig, generator: torch.Generator, log=None
         kept.append(cand)
     extra = torch.cat(kept)[:want]
     if len(extra) < want and log is not None:
-        log.info(f"init_random: only {len(extra)} of {want} random points are seen by >= {cfg.init_views} "
-                 f"training views within the cube of half-side {cfg.init_extent} x scene scale")
+        log.info(
+            f"init_random: only {len(extra)} of {want} random points are seen by >= {cfg.init_views} "
+            f"training views within the cube of half-side {cfg.init_extent} x scene scale"
+        )
     if cfg.init_color == "image":
         extra_colors = seen_by(extra, scene.train, [scene.image(v) for v in scene.train])[1]
     else:
@@ -218,13 +265,19 @@ def initial_points(scene, cfg: TrainConfig, generator: torch.Generator, log=None
     return torch.cat([points, extra]), torch.cat([colors, extra_colors])
 
 
-def make_optimizers(params: torch.nn.ParameterDict, lr: LRConfig, scene_scale: float
-                    ) -> dict[str, torch.optim.Optimizer]:
+def make_optimizers(
+    params: torch.nn.ParameterDict, lr: LRConfig, scene_scale: float
+) -> dict[str, torch.optim.Optimizer]:
     """One Adam per attribute with gsplat's learning rates (eps 1e-15 as in the reference code)."""
-    rates = {"means": lr.means * scene_scale, "scales": lr.scales, "quats": lr.quats,
-             "opacities": lr.opacities, "sh0": lr.sh0, "shN": lr.shN}
-    return {k: torch.optim.Adam([{"params": [params[k]], "lr": rates[k], "name": k}], eps=1e-15)
-            for k in params.keys()}
+    rates = {
+        "means": lr.means * scene_scale,
+        "scales": lr.scales,
+        "quats": lr.quats,
+        "opacities": lr.opacities,
+        "sh0": lr.sh0,
+        "shN": lr.shN,
+    }
+    return {k: torch.optim.Adam([{"params": [params[k]], "lr": rates[k], "name": k}], eps=1e-15) for k in params.keys()}
 
 
 def means_lr(lr: LRConfig, scene_scale: float, step: int, total: int) -> float:
@@ -232,16 +285,32 @@ def means_lr(lr: LRConfig, scene_scale: float, step: int, total: int) -> float:
     return lr.means * scene_scale * lr.means_final_ratio ** (step / total)
 
 
-def render_view(params: dict[str, Tensor], view: View, sh_degree: int, device: torch.device,
-                settings: RasterSettings = DEFAULT_SETTINGS, backend: str = "auto",
-                background: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
+def render_view(
+    params: dict[str, Tensor],
+    view: View,
+    sh_degree: int,
+    device: torch.device,
+    settings: RasterSettings = DEFAULT_SETTINGS,
+    backend: str = "auto",
+    background: Tensor | None = None,
+) -> tuple[Tensor, Tensor, dict]:
     """Render one view: image [H, W, 3], alpha [H, W, 1], info."""
     colors = torch.cat([params["sh0"], params["shN"]], dim=1)  # [N, K, 3]
     img, alpha, info = render(
-        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
-        colors, view.viewmat.to(device)[None], view.K.to(device)[None], view.width, view.height,
-        sh_degree=sh_degree, backgrounds=None if background is None else background[None], settings=settings,
-        backend=backend)
+        params["means"],
+        params["quats"],
+        torch.exp(params["scales"]),
+        torch.sigmoid(params["opacities"]),
+        colors,
+        view.viewmat.to(device)[None],
+        view.K.to(device)[None],
+        view.width,
+        view.height,
+        sh_degree=sh_degree,
+        backgrounds=None if background is None else background[None],
+        settings=settings,
+        backend=backend,
+    )
     return img[0], alpha[0], info
 
 
@@ -274,9 +343,20 @@ def _background(kind: str, device, gen: torch.Generator) -> Tensor | None:
 
 
 @torch.no_grad()
-def evaluate(params: dict[str, Tensor], scene: Scene, views: list[View], sh_degree: int, device: torch.device,
-             settings: RasterSettings = DEFAULT_SETTINGS, backend: str = "auto", out_dir: Path | None = None,
-             lpips_net: str = "alex", lpips_weights: str = "", log=print, background: Tensor | None = None) -> dict:
+def evaluate(
+    params: dict[str, Tensor],
+    scene: Scene,
+    views: list[View],
+    sh_degree: int,
+    device: torch.device,
+    settings: RasterSettings = DEFAULT_SETTINGS,
+    backend: str = "auto",
+    out_dir: Path | None = None,
+    lpips_net: str = "alex",
+    lpips_weights: str = "",
+    log=print,
+    background: Tensor | None = None,
+) -> dict:
     """PSNR / SSIM / LPIPS (when its weights exist locally) and render time over ``views``."""
     rows, lpips_note = [], None
     for v in views:
@@ -312,10 +392,15 @@ def evaluate(params: dict[str, Tensor], scene: Scene, views: list[View], sh_degr
 
 
 def _checkpoint_state(step, params, optimizers, strategy_state, sampler, cfg) -> dict:
-    return {"step": step, "params": {k: params[k].detach().clone() for k in params.keys()},
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "strategy": dict(strategy_state), "rng": rng_state(), "sampler": sampler.get_state(),
-            "config": config_to_dict(cfg)}
+    return {
+        "step": step,
+        "params": {k: params[k].detach().clone() for k in params.keys()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "strategy": dict(strategy_state),
+        "rng": rng_state(),
+        "sampler": sampler.get_state(),
+        "config": config_to_dict(cfg),
+    }
 
 
 def _restore(state: dict, device) -> tuple[torch.nn.ParameterDict, dict]:
@@ -343,11 +428,19 @@ def train(cfg: TrainConfig, scene: Scene | None = None, stop_after: int | None =
     if scene is None:
         if not cfg.data.root:
             raise ValueError("no scene given: pass --scene DIR (a COLMAP folder with images/ and sparse/)")
-        scene = load_scene(cfg.data.root, cfg.data.factor, cfg.data.test_every, cfg.data.normalize,
-                           cfg.data.image_dir, cfg.data.cache_dir or None)
+        scene = load_scene(
+            cfg.data.root,
+            cfg.data.factor,
+            cfg.data.test_every,
+            cfg.data.normalize,
+            cfg.data.image_dir,
+            cfg.data.cache_dir or None,
+        )
     if not scene.train:
-        raise ValueError(f"{scene.root}: no training views left after holding out every "
-                         f"{cfg.data.test_every}-th image; lower data.test_every or set it to 0")
+        raise ValueError(
+            f"{scene.root}: no training views left after holding out every "
+            f"{cfg.data.test_every}-th image; lower data.test_every or set it to 0"
+        )
     gts = {v.name: scene.image(v).to(device) for v in scene.train}
     scene_scale = scene.scene_scale * 1.1
     settings = cfg.render.settings()
@@ -372,15 +465,18 @@ def train(cfg: TrainConfig, scene: Scene | None = None, stop_after: int | None =
         start = 0
         init_gen = torch.Generator().manual_seed(cfg.run.seed)
         points, colors = initial_points(scene, cfg, init_gen, log)
-        params = init_gaussians(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale,
-                                generator=init_gen).to(device)
+        params = init_gaussians(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, generator=init_gen).to(
+            device
+        )
         optimizers = make_optimizers(params, cfg.lr, scene_scale)
         sstate = strategy.initialize_state(scene_scale)
     strategy.check_sanity(params, optimizers)
     n_param_bytes = sum(p.numel() * p.element_size() for p in params.values())
-    log.info(f"{len(scene.train)} train / {len(scene.test)} test views at {scene.train[0].width}x"
-             f"{scene.train[0].height}, {len(params['means'])} Gaussians, device {device}, params "
-             f"{n_param_bytes / 2**20:.1f} MiB (+ 2x for Adam state)")
+    log.info(
+        f"{len(scene.train)} train / {len(scene.test)} test views at {scene.train[0].width}x"
+        f"{scene.train[0].height}, {len(params['means'])} Gaussians, device {device}, params "
+        f"{n_param_bytes / 2**20:.1f} MiB (+ 2x for Adam state)"
+    )
 
     t_start = time.perf_counter()
     skipped, last_loss = 0, float("nan")
@@ -413,32 +509,65 @@ def train(cfg: TrainConfig, scene: Scene | None = None, stop_after: int | None =
         bar.update(1)
         if step % cfg.run.log_every == 0 or step == end - 1:
             last_loss = float(loss.detach())
-            log.log(step, loss=last_loss, l1=float(l1.detach()), n_gaussians=len(params["means"]), sh_degree=sh_deg,
-                    skipped=skipped, **{k: v for k, v in events.items() if isinstance(v, (int, float))})
+            log.log(
+                step,
+                loss=last_loss,
+                l1=float(l1.detach()),
+                n_gaussians=len(params["means"]),
+                sh_degree=sh_deg,
+                skipped=skipped,
+                **{k: v for k, v in events.items() if isinstance(v, (int, float))},
+            )
         done = step + 1
         if (cfg.ckpt.every and done % cfg.ckpt.every == 0) or done == cfg.steps:
             _save_checkpoint(ckpt, done, params, optimizers, sstate, sampler, cfg, log)
         if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.steps and scene.test:
-            m = evaluate(params, scene, scene.test, cfg.sh_degree, device, settings, backend,
-                         background=_eval_background(cfg.render.background, device))
+            m = evaluate(
+                params,
+                scene,
+                scene.test,
+                cfg.sh_degree,
+                device,
+                settings,
+                backend,
+                background=_eval_background(cfg.render.background, device),
+            )
             log.log(done, test_psnr=m["psnr"], test_ssim=m["ssim"])
     bar.close()
     train_s = time.perf_counter() - t_start
-    result = {"steps_done": end, "train_seconds": train_s, "skipped_steps": skipped, "last_loss": last_loss,
-              "n_gaussians": int(len(params["means"]))}
+    result = {
+        "steps_done": end,
+        "train_seconds": train_s,
+        "skipped_steps": skipped,
+        "last_loss": last_loss,
+        "n_gaussians": int(len(params["means"])),
+    }
     if end < cfg.steps:  # interrupted on purpose
         _save_checkpoint(ckpt, end, params, optimizers, sstate, sampler, cfg, log)
         log.close()
         return result
     if scene.test:
-        m = evaluate(params, scene, scene.test, cfg.sh_degree, device, settings, backend,
-                     run_dir / "test_renders" if cfg.eval.save_images else None, cfg.eval.lpips_net,
-                     cfg.eval.lpips_weights, log=log.info,
-                     background=_eval_background(cfg.render.background, device))
+        m = evaluate(
+            params,
+            scene,
+            scene.test,
+            cfg.sh_degree,
+            device,
+            settings,
+            backend,
+            run_dir / "test_renders" if cfg.eval.save_images else None,
+            cfg.eval.lpips_net,
+            cfg.eval.lpips_weights,
+            log=log.info,
+            background=_eval_background(cfg.render.background, device),
+        )
         result["test"] = m
         log.log(end, test_psnr=m["psnr"], test_ssim=m["ssim"], n_gaussians=m["n_gaussians"])
-        log.info(f"test: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
-                 + (f", LPIPS {m['lpips']:.4f}" if "lpips" in m else "") + f", {m['n_gaussians']} Gaussians")
+        log.info(
+            f"test: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
+            + (f", LPIPS {m['lpips']:.4f}" if "lpips" in m else "")
+            + f", {m['n_gaussians']} Gaussians"
+        )
     if cfg.export_ply:
         result["ply"] = str(run_dir / "point_cloud.ply")
         info = save_ply(params, run_dir / "point_cloud.ply")
@@ -460,8 +589,9 @@ def _save_checkpoint(ckpt: Checkpointer, step: int, params, optimizers, sstate, 
 # eval / render / export commands
 
 
-def load_gaussians(run_dir: str | Path = "", ply: str | Path = "", device: torch.device | str = "cpu"
-                   ) -> dict[str, Tensor]:
+def load_gaussians(
+    run_dir: str | Path = "", ply: str | Path = "", device: torch.device | str = "cpu"
+) -> dict[str, Tensor]:
     """Gaussians from a PLY file, or from the newest checkpoint of a run folder."""
     if ply:
         return {k: v.to(device) for k, v in load_ply(ply).items()}
@@ -469,8 +599,10 @@ def load_gaussians(run_dir: str | Path = "", ply: str | Path = "", device: torch
         raise ValueError("pass --run.dir of a splat training run or --ply FILE")
     latest = Checkpointer(Path(run_dir) / "ckpt", task="splat").load_latest(map_location=device)
     if latest is None:
-        raise ValueError(f"{run_dir}: no complete checkpoint under {run_dir}/ckpt; train first "
-                         f"(genai-train splat train --scene DIR --out {run_dir}) or pass --ply FILE")
+        raise ValueError(
+            f"{run_dir}: no complete checkpoint under {run_dir}/ckpt; train first "
+            f"(genai-train splat train --scene DIR --out {run_dir}) or pass --ply FILE"
+        )
     return {k: v.to(device) for k, v in latest[1]["params"].items()}
 
 
@@ -496,14 +628,21 @@ def _scene_for(run_dir: str, scene: str, factor: int) -> Scene:
     root = scene or saved.get("root", "")
     if not root:
         raise ValueError("no scene: pass --scene DIR (or --run.dir of a run that recorded one)")
-    return load_scene(root, factor or saved.get("factor", 4), saved.get("test_every", 8),
-                      saved.get("normalize", True), saved.get("image_dir", "images"), saved.get("cache_dir") or None)
+    return load_scene(
+        root,
+        factor or saved.get("factor", 4),
+        saved.get("test_every", 8),
+        saved.get("normalize", True),
+        saved.get("image_dir", "images"),
+        saved.get("cache_dir") or None,
+    )
 
 
 @dataclass
 class EvalCommandConfig:
     background: Literal["auto", "black", "white"] = field(
-        default="auto", metadata={"help": "background colour (auto: the one the run trained with)"})
+        default="auto", metadata={"help": "background colour (auto: the one the run trained with)"}
+    )
     run_dir: str = field(default="", metadata={"help": "training run folder (newest checkpoint is used)"})
     ply: str = field(default="", metadata={"help": "evaluate this PLY instead of a checkpoint"})
     scene: str = field(default="", metadata={"help": "scene folder (default: the one the run trained on)"})
@@ -522,14 +661,25 @@ def run_eval(cfg: EvalCommandConfig) -> dict:
     scene = _scene_for(cfg.run_dir, cfg.scene, cfg.factor)
     views = scene.test if cfg.split == "test" else scene.train
     out = Path(cfg.out or (Path(cfg.run_dir) / "eval" if cfg.run_dir else "splat_eval"))
-    m = evaluate(params, scene, views, _sh_degree_of(params), device, backend=cfg.backend,
-                 out_dir=out / "renders", lpips_net=cfg.lpips_net, lpips_weights=cfg.lpips_weights,
-                 background=_run_background(cfg.run_dir, cfg.background, device))
+    m = evaluate(
+        params,
+        scene,
+        views,
+        _sh_degree_of(params),
+        device,
+        backend=cfg.backend,
+        out_dir=out / "renders",
+        lpips_net=cfg.lpips_net,
+        lpips_weights=cfg.lpips_weights,
+        background=_run_background(cfg.run_dir, cfg.background, device),
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
-    print(f"{cfg.split}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}"
-          + (f"  LPIPS {m['lpips']:.4f}" if "lpips" in m else "  LPIPS skipped")
-          + f"  {m['n_gaussians']} Gaussians  {m['render_s'] * 1000:.0f} ms/view -> {out / 'metrics.json'}")
+    print(
+        f"{cfg.split}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}"
+        + (f"  LPIPS {m['lpips']:.4f}" if "lpips" in m else "  LPIPS skipped")
+        + f"  {m['n_gaussians']} Gaussians  {m['render_s'] * 1000:.0f} ms/view -> {out / 'metrics.json'}"
+    )
     return m
 
 
@@ -552,7 +702,8 @@ def orbit_cameras(center: Tensor, radius: float, height: float, n: int, up: Tens
 @dataclass
 class RenderCommandConfig:
     background: Literal["auto", "black", "white"] = field(
-        default="auto", metadata={"help": "background colour (auto: the one the run trained with)"})
+        default="auto", metadata={"help": "background colour (auto: the one the run trained with)"}
+    )
     run_dir: str = field(default="", metadata={"help": "training run folder"})
     ply: str = field(default="", metadata={"help": "render this PLY instead of a checkpoint"})
     scene: str = field(default="", metadata={"help": "scene folder (for camera intrinsics and path)"})
@@ -590,8 +741,7 @@ def run_render(cfg: RenderCommandConfig) -> dict:
     height = float(centers[:, 2].mean())
     frames = []
     for c2w in orbit_cameras(torch.zeros(3), radius, height, cfg.frames):
-        v = View(name="orbit", image_path=ref.image_path, K=ref.K, camtoworld=c2w, width=ref.width,
-                 height=ref.height)
+        v = View(name="orbit", image_path=ref.image_path, K=ref.K, camtoworld=c2w, width=ref.width, height=ref.height)
         img, _, _ = render_view(params, v, deg, device, background=bg)
         frames.append((img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))
     path = out / "turntable.gif"

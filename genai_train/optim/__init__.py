@@ -28,9 +28,22 @@ from genai_train.optim.galore import GaLore
 from genai_train.optim.memory import optimizer_state_bytes, param_bytes
 from genai_train.optim.selection import adam_mini_blocks, low_rank_params
 
-__all__ = ["OptimConfig", "OPTIM_NAMES", "build_optimizer", "param_groups", "optimizer_state_bytes",
-           "param_bytes", "GaLore", "APOLLO", "APOLLOMini", "AdamMini", "Flora", "CoreOptimizer",
-           "low_rank_params", "adam_mini_blocks"]
+__all__ = [
+    "OptimConfig",
+    "OPTIM_NAMES",
+    "build_optimizer",
+    "param_groups",
+    "optimizer_state_bytes",
+    "param_bytes",
+    "GaLore",
+    "APOLLO",
+    "APOLLOMini",
+    "AdamMini",
+    "Flora",
+    "CoreOptimizer",
+    "low_rank_params",
+    "adam_mini_blocks",
+]
 
 
 def _adamw_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig) -> list[dict]:
@@ -49,29 +62,35 @@ def _recover_model(named_parameters) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
-def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig,
-                 model: nn.Module | None) -> list[dict]:
+def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig, model: nn.Module | None) -> list[dict]:
     """Parameter groups for ``cfg.name``: low-rank matrices first (``low_rank=True``), then the
     full-rank tensors with and without weight decay, each in the order of ``named``."""
     if cfg.name not in LOW_RANK_NAMES:
         return _adamw_groups(named, cfg)
     if model is None:
-        raise ValueError(f"optim.name={cfg.name}: choosing the low-rank matrices needs the model's "
-                         "modules; call build_optimizer(model.named_parameters(), cfg), "
-                         "build_optimizer(model, cfg) or build_optimizer(named, cfg, model=model)")
+        raise ValueError(
+            f"optim.name={cfg.name}: choosing the low-rank matrices needs the model's "
+            "modules; call build_optimizer(model.named_parameters(), cfg), "
+            "build_optimizer(model, cfg) or build_optimizer(named, cfg, model=model)"
+        )
     chosen = low_rank_params(model, cfg.target, cfg.include_conv)
     low = [p for _, p in named if id(p) in chosen]
     if not low:
-        where = ("inside an nn.ModuleList (repeated blocks)" if cfg.target == "blocks" else "in the model")
-        raise ValueError(f"optim.name={cfg.name}: no trainable Linear/conv weight {where} to project; "
-                         "set optim.target=all_linear, or pick optim.name=adamw / adam_mini for this model")
+        where = "inside an nn.ModuleList (repeated blocks)" if cfg.target == "blocks" else "in the model"
+        raise ValueError(
+            f"optim.name={cfg.name}: no trainable Linear/conv weight {where} to project; "
+            "set optim.target=all_linear, or pick optim.name=adamw / adam_mini for this model"
+        )
     rest = [(n, p) for n, p in named if id(p) not in chosen]
     groups = [{"params": low, "weight_decay": cfg.weight_decay, "low_rank": True}] if low else []
     return groups + _adamw_groups(rest, cfg)
 
 
-def build_optimizer(named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | nn.Module,
-                    cfg: OptimConfig, model: nn.Module | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | nn.Module,
+    cfg: OptimConfig,
+    model: nn.Module | None = None,
+) -> torch.optim.Optimizer:
     """The optimizer ``cfg.name`` over the trainable parameters (see the module docstring for ``model``).
 
     With ``cfg.per_layer`` the returned optimizer steps each parameter inside backward
@@ -92,24 +111,56 @@ def build_optimizer(named_parameters: Iterable[tuple[str, torch.nn.Parameter]] |
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=cfg.weight_decay)
     rank, scale = cfg.resolved_rank, cfg.resolved_scale
     if cfg.name == "galore":
-        opt: CoreOptimizer = GaLore(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=cfg.weight_decay,
-                                    rank=rank, update_proj_gap=cfg.update_proj_gap, scale=scale)
+        opt: CoreOptimizer = GaLore(
+            groups,
+            lr=cfg.lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=cfg.weight_decay,
+            rank=rank,
+            update_proj_gap=cfg.update_proj_gap,
+            scale=scale,
+        )
     elif cfg.name in ("apollo", "apollo_mini"):
         cls = APOLLO if cfg.name == "apollo" else APOLLOMini
         kw = {"scale_type": "channel"} if cfg.name == "apollo" else {}
-        opt = cls(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=cfg.weight_decay, rank=rank,
-                  update_proj_gap=cfg.update_proj_gap, scale=scale, scale_front=cfg.scale_front,
-                  norm_growth_limit=cfg.norm_growth_limit, seed_base=cfg.seed, **kw)
+        opt = cls(
+            groups,
+            lr=cfg.lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=cfg.weight_decay,
+            rank=rank,
+            update_proj_gap=cfg.update_proj_gap,
+            scale=scale,
+            scale_front=cfg.scale_front,
+            norm_growth_limit=cfg.norm_growth_limit,
+            seed_base=cfg.seed,
+            **kw,
+        )
     elif cfg.name == "flora":
-        opt = Flora(groups, lr=cfg.lr, betas=betas, rank=rank, kappa=cfg.kappa, eps=(eps, 1e-3),
-                    clip_threshold=cfg.clip_threshold, decay_rate=cfg.decay_rate,
-                    weight_decay=cfg.weight_decay, scale_parameter=cfg.scale_parameter, seed_base=cfg.seed)
+        opt = Flora(
+            groups,
+            lr=cfg.lr,
+            betas=betas,
+            rank=rank,
+            kappa=cfg.kappa,
+            eps=(eps, 1e-3),
+            clip_threshold=cfg.clip_threshold,
+            decay_rate=cfg.decay_rate,
+            weight_decay=cfg.weight_decay,
+            scale_parameter=cfg.scale_parameter,
+            seed_base=cfg.seed,
+        )
     elif cfg.name == "adam_mini":
         if model is None:
-            raise ValueError("optim.name=adam_mini: the block partition needs the model's modules; call "
-                             "build_optimizer(model.named_parameters(), cfg) or build_optimizer(model, cfg)")
-        opt = AdamMini(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=cfg.weight_decay,
-                       blocks=adam_mini_blocks(model))
+            raise ValueError(
+                "optim.name=adam_mini: the block partition needs the model's modules; call "
+                "build_optimizer(model.named_parameters(), cfg) or build_optimizer(model, cfg)"
+            )
+        opt = AdamMini(
+            groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=cfg.weight_decay, blocks=adam_mini_blocks(model)
+        )
     else:  # unreachable: OptimConfig validates the name
         raise ValueError(f"optim.name={cfg.name!r} is unknown; choose one of {', '.join(OPTIM_NAMES)}")
     if cfg.per_layer:

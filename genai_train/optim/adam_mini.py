@@ -25,8 +25,15 @@ class AdamMini(CoreOptimizer):
     """Adam-mini. ``blocks`` maps id(param) -> number of blocks B (default: 1 = one v for the tensor);
     B == p.numel() is plain Adam (biases)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, blocks: dict[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        blocks: dict[int, int] | None = None,
+    ) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, low_rank=False)
         super().__init__(params, defaults)
         blocks = blocks or {}
@@ -34,8 +41,7 @@ class AdamMini(CoreOptimizer):
             for p in group["params"]:
                 b = int(blocks.get(id(p), 1))
                 if b < 1 or p.numel() % b:
-                    raise ValueError(f"Adam-mini: {b} blocks do not divide a parameter of shape "
-                                     f"{tuple(p.shape)}")
+                    raise ValueError(f"Adam-mini: {b} blocks do not divide a parameter of shape {tuple(p.shape)}")
                 self.state[p]["blocks"] = b
 
     def _init_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
@@ -53,14 +59,18 @@ class AdamMini(CoreOptimizer):
             torch._foreach_mul_(params, 1.0 - lr * wd)
         torch._foreach_lerp_(ms, grads, 1.0 - b1)
         # mean of g^2 over each block, without materialising g^2: ||g_b||^2 / |b|
-        sq = [torch.linalg.vector_norm(g.reshape(s["blocks"], -1), dim=1, keepdim=True).square_()
-              .div_(g.numel() // s["blocks"]) for g, s in zip(grads, states)]  # [B, 1] each
+        sq = [
+            torch.linalg.vector_norm(g.reshape(s["blocks"], -1), dim=1, keepdim=True)
+            .square_()
+            .div_(g.numel() // s["blocks"])
+            for g, s in zip(grads, states)
+        ]  # [B, 1] each
         torch._foreach_mul_(vs, b2)
         torch._foreach_add_(vs, sq, alpha=1.0 - b2)
         h = torch._foreach_sqrt(vs)
-        torch._foreach_div_(h, math.sqrt(1.0 - b2 ** k))
+        torch._foreach_div_(h, math.sqrt(1.0 - b2**k))
         torch._foreach_add_(h, eps)
         torch._foreach_reciprocal_(h)
-        torch._foreach_mul_(h, 1.0 / (1.0 - b1 ** k))  # per-block step size / lr
+        torch._foreach_mul_(h, 1.0 / (1.0 - b1**k))  # per-block step size / lr
         for p, m, s, st in zip(params, ms, h, states):
             p.view(st["blocks"], -1).addcmul_(m.view(st["blocks"], -1), s, value=-lr)

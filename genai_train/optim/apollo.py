@@ -43,8 +43,9 @@ def _norms(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.square(x).sum(dim=0, keepdim=True).sqrt_()
 
 
-def apollo_scaling(r: torch.Tensor, rt: torch.Tensor, g: torch.Tensor,
-                   scale_type: Literal["channel", "tensor"]) -> tuple[torch.Tensor, torch.Tensor]:
+def apollo_scaling(
+    r: torch.Tensor, rt: torch.Tensor, g: torch.Tensor, scale_type: Literal["channel", "tensor"]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """APOLLO's gradient scaling factor s (Zhu et al. 2025, Eq. 5-6) and ||G * s||_F.
 
     r, rt: [m, r] (tall) or [r, n] (wide) projected gradient and its Adam update (only norms are used, so
@@ -65,19 +66,48 @@ class APOLLO(ProjectedAdam):
     as in the reference. ``norm_growth_limit`` 0 disables the limiter; ``scale_front`` applies
     sqrt(alpha) before it (the APOLLO-Mini 60M/130M scripts)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.0, rank: int = 256, update_proj_gap: int = 200, scale: float = 1.0,
-                 scale_type: Literal["channel", "tensor"] = "channel", scale_front: bool = False,
-                 norm_growth_limit: float = 1.01, seed_base: int = 0) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        rank: int = 256,
+        update_proj_gap: int = 200,
+        scale: float = 1.0,
+        scale_type: Literal["channel", "tensor"] = "channel",
+        scale_front: bool = False,
+        norm_growth_limit: float = 1.01,
+        seed_base: int = 0,
+    ) -> None:
         if scale_type not in ("channel", "tensor"):
             raise ValueError(f"APOLLO scale_type={scale_type!r}: choose 'channel' or 'tensor'")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank,
-                        update_proj_gap=update_proj_gap, scale=scale, scale_type=scale_type,
-                        scale_front=scale_front, norm_growth_limit=norm_growth_limit, low_rank=False)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            rank=rank,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            scale_type=scale_type,
+            scale_front=scale_front,
+            norm_growth_limit=norm_growth_limit,
+            low_rank=False,
+        )
         super().__init__(params, defaults, seed_base=seed_base)
 
-    def _low_rank_step(self, group: dict, params: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict],
-                       ms: list[torch.Tensor], vs: list[torch.Tensor], t: int) -> None:
+    def _low_rank_step(
+        self,
+        group: dict,
+        params: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        states: list[dict],
+        ms: list[torch.Tensor],
+        vs: list[torch.Tensor],
+        t: int,
+    ) -> None:
         lr, (b1, b2), eps, k = group["lr"], group["betas"], group["eps"], t + 1
         if t % group["update_proj_gap"] == 0:
             for g, s in zip(gs, states):
@@ -85,7 +115,7 @@ class APOLLO(ProjectedAdam):
                 r = shape[0] if g.shape[0] >= g.shape[1] else shape[1]
                 s["proj"] = gaussian(tuple(shape), s["seed"], g.device, rank=r).to(g.dtype)
                 s["seed"] = next_seed(s["seed"])
-        step_size = lr * math.sqrt(1.0 - b2 ** k) / (1.0 - b1 ** k)
+        step_size = lr * math.sqrt(1.0 - b2**k) / (1.0 - b1**k)
         sqrt_alpha = math.sqrt(group["scale"])
         gamma = group["norm_growth_limit"]
         front = group["scale_front"]

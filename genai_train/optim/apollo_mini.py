@@ -15,9 +15,31 @@ __all__ = ["APOLLOMini"]
 class APOLLOMini(APOLLO):
     """APOLLO with the paper's Mini defaults (rank 1, tensor-wise scaling, alpha 128)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.0, rank: int = 1, update_proj_gap: int = 200, scale: float = 128.0,
-                 scale_front: bool = False, norm_growth_limit: float = 1.01, seed_base: int = 0) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
-                         update_proj_gap=update_proj_gap, scale=scale, scale_type="tensor",
-                         scale_front=scale_front, norm_growth_limit=norm_growth_limit, seed_base=seed_base)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        rank: int = 1,
+        update_proj_gap: int = 200,
+        scale: float = 128.0,
+        scale_front: bool = False,
+        norm_growth_limit: float = 1.01,
+        seed_base: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            rank=rank,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            scale_type="tensor",
+            scale_front=scale_front,
+            norm_growth_limit=norm_growth_limit,
+            seed_base=seed_base,
+        )

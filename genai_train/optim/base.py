@@ -25,28 +25,54 @@ __all__ = ["CoreOptimizer", "hf_adamw_", "adam_direction"]
 
 def _fused_ok(tensors: list[torch.Tensor]) -> bool:
     t = tensors[0]
-    return t.device.type in ("cpu", "cuda") and t.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+    return (
+        t.device.type in ("cpu", "cuda")
+        and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
         and all(x.device == t.device and x.dtype == t.dtype for x in tensors)
+    )
 
 
-def _fused_adam_(params, grads, exp_avgs, exp_avg_sqs, k: int, lr: float, beta1: float, beta2: float,
-                 eps: float) -> None:
+def _fused_adam_(
+    params, grads, exp_avgs, exp_avg_sqs, k: int, lr: float, beta1: float, beta2: float, eps: float
+) -> None:
     """torch's fused Adam kernel: W -= lr/(1-b1^k) * m / (sqrt(v)/sqrt(1-b2^k) + eps), moments updated."""
     steps = [torch.tensor(float(k), device=params[0].device)] * len(params)
-    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
-                       weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+    torch._fused_adam_(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=0.0,
+        eps=eps,
+        amsgrad=False,
+        maximize=False,
+    )
 
 
-def hf_adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-              exp_avg_sqs: list[torch.Tensor], k: int, lr: float, beta1: float, beta2: float, eps: float,
-              weight_decay: float) -> None:
+def hf_adamw_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    k: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
     """The AdamW of GaLore/APOLLO (the HF ``transformers.AdamW`` skeleton), over lists.
 
     m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; W -= lr sqrt(1-b2^k)/(1-b1^k) * m / (sqrt(v) + eps);
     then decoupled decay W -= lr * wd * W. eps is added before the bias correction, which is torch's
     convention with eps' = eps / sqrt(1-b2^k): that lets torch's fused kernel do it in one pass.
     """
-    bc2_sqrt = math.sqrt(1.0 - beta2 ** k)
+    bc2_sqrt = math.sqrt(1.0 - beta2**k)
     if _fused_ok(params + grads + exp_avgs + exp_avg_sqs):
         _fused_adam_(params, grads, exp_avgs, exp_avg_sqs, k, lr, beta1, beta2, eps / bc2_sqrt)
     else:
@@ -55,14 +81,21 @@ def hf_adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: l
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr * bc2_sqrt / (1.0 - beta1 ** k))
+        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr * bc2_sqrt / (1.0 - beta1**k))
     if weight_decay > 0.0:
         torch._foreach_mul_(params, 1.0 - lr * weight_decay)
 
 
-def adam_direction(grads: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
-                   k: int, beta1: float, beta2: float, eps: float,
-                   out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+def adam_direction(
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    k: int,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    out: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
     """Update the Adam moments of ``grads`` in place and return **-N**, N = m / (sqrt(v) + eps) (GaLore/
     APOLLO's normalised low-rank gradient, no bias correction), fused into one pass where possible.
     ``out``: tensors shaped like ``grads`` to write -N into (else new ones are allocated)."""
@@ -72,9 +105,8 @@ def adam_direction(grads: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_
             out = [torch.zeros_like(g) for g in grads]
         else:
             torch._foreach_zero_(out)
-        bc2_sqrt = math.sqrt(1.0 - beta2 ** k)
-        _fused_adam_(out, grads, exp_avgs, exp_avg_sqs, k, (1.0 - beta1 ** k) / bc2_sqrt, beta1, beta2,
-                     eps / bc2_sqrt)
+        bc2_sqrt = math.sqrt(1.0 - beta2**k)
+        _fused_adam_(out, grads, exp_avgs, exp_avg_sqs, k, (1.0 - beta1**k) / bc2_sqrt, beta1, beta2, eps / bc2_sqrt)
         return out
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -156,10 +188,15 @@ class CoreOptimizer(torch.optim.Optimizer):
         Single-process only: under DDP the hook would fire before the gradient all-reduce."""
         if self._hooks:
             return self
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            raise RuntimeError("per-layer optimizer updates run inside backward, before DDP's gradient "
-                               "all-reduce; set optim.per_layer=false for multi-process training")
+        if (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
+            raise RuntimeError(
+                "per-layer optimizer updates run inside backward, before DDP's gradient "
+                "all-reduce; set optim.per_layer=false for multi-process training"
+            )
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.requires_grad:
@@ -179,4 +216,5 @@ class CoreOptimizer(torch.optim.Optimizer):
             with torch.no_grad():
                 self._step_params(self.param_groups[gi], [p])
             p.grad = None
+
         return hook

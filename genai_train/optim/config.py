@@ -14,8 +14,7 @@ OPTIM_NAMES: tuple[str, ...] = ("adamw", "galore", "apollo", "apollo_mini", "ada
 LOW_RANK_NAMES: tuple[str, ...] = ("galore", "apollo", "apollo_mini", "flora")
 
 # eps defaults of the reference implementations (GaLore/APOLLO copy HF's AdamW: 1e-6).
-_DEFAULT_EPS = {"adamw": 1e-8, "galore": 1e-6, "apollo": 1e-6, "apollo_mini": 1e-6, "adam_mini": 1e-8,
-                "flora": 1e-30}
+_DEFAULT_EPS = {"adamw": 1e-8, "galore": 1e-6, "apollo": 1e-6, "apollo_mini": 1e-6, "adam_mini": 1e-8, "flora": 1e-30}
 _DEFAULT_SCALE = {"galore": 0.25, "apollo": 1.0, "apollo_mini": 128.0}
 _DEFAULT_RANK = {"galore": 128, "apollo": 256, "apollo_mini": 1, "flora": 128}
 
@@ -24,52 +23,89 @@ _DEFAULT_RANK = {"galore": 128, "apollo": 256, "apollo_mini": 1, "flora": 128}
 class OptimConfig:
     """Optimizer choice and hyperparameters (see /work/shared/ALGORITHMS.md section 1)."""
 
-    name: OptimName = field(default="adamw", metadata={
-        "help": "optimizer: adamw | galore | apollo | apollo_mini | adam_mini | flora"})
-    lr: float = field(default=1e-3, metadata={
-        "help": "learning rate (papers: 1e-3 AdamW/Adam-mini, 1e-2 GaLore/APOLLO/APOLLO-Mini pre-training)"})
-    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={
-        "help": "(beta1, beta2) of the first/second moments; Flora uses beta1 for its compressed momentum"})
-    eps: float | None = field(default=None, metadata={
-        "help": "denominator eps; None = method default (AdamW/Adam-mini 1e-8, GaLore/APOLLO 1e-6, "
-                "Flora 1e-30 = Adafactor eps1)"})
-    weight_decay: float = field(default=0.0, metadata={
-        "help": "decoupled weight decay (p -= lr * wd * p)"})
-    decay_1d: bool = field(default=False, metadata={
-        "help": "also decay 1-D tensors (biases, norm gains); off = the usual no-decay group"})
-    rank: int | None = field(default=None, metadata={
-        "help": "projection rank r; None = method default (GaLore 128, APOLLO 256, APOLLO-Mini 1, "
-                "Flora 128); clipped to min(m, n) per matrix"})
-    update_proj_gap: int = field(default=200, metadata={
-        "help": "T: refresh the projection every T optimizer steps (GaLore/APOLLO)"})
-    scale: float | None = field(default=None, metadata={
-        "help": "alpha: GaLore 0.25, APOLLO 1, APOLLO-Mini 128 (enters APOLLO as sqrt(alpha)); "
-                "None = default"})
-    scale_front: bool = field(default=False, metadata={
-        "help": "APOLLO: multiply by sqrt(alpha) before the norm-growth limiter (the 60M/130M Mini scripts)"})
-    norm_growth_limit: float = field(default=1.01, metadata={
-        "help": "APOLLO norm-growth limiter gamma (Fira); 0 disables it"})
-    target: Literal["blocks", "all_linear"] = field(default="blocks", metadata={
-        "help": "which weights get the low-rank treatment: 'blocks' = Linear/conv weights inside repeated "
-                "blocks (children of an nn.ModuleList), 'all_linear' = every Linear/conv weight"})
-    include_conv: bool = field(default=True, metadata={
-        "help": "treat conv kernels (out, in, *k) as (out, in*prod(k)) matrices in the low-rank group"})
-    seed: int = field(default=0, metadata={
-        "help": "base seed of the random projections (APOLLO, Flora); parameter i (0-based over all "
-                "optimizer groups) starts from seed + i + 1, as the reference packages number them"})
-    kappa: int = field(default=1000, metadata={
-        "help": "Flora: resample the projection every kappa steps (momentum transferred)"})
-    decay_rate: float = field(default=-0.8, metadata={
-        "help": "Flora/Adafactor: beta2_t = 1 - t^decay_rate"})
-    clip_threshold: float = field(default=1.0, metadata={
-        "help": "Flora/Adafactor: update RMS clipping threshold"})
-    scale_parameter: bool = field(default=False, metadata={
-        "help": "Flora/Adafactor: multiply lr by max(1e-3, RMS(p)) (flora-opt default True; "
-                "off to use a plain lr like the other methods)"})
-    per_layer: bool = field(default=False, metadata={
-        "help": "step each parameter inside backward (post-accumulate-grad hooks) so full gradients never "
-                "coexist; all methods but adamw; single process, no grad clipping; with gradient "
-                "accumulation the loop sets opt.step_in_backward (see CoreOptimizer.attach_per_layer)"})
+    name: OptimName = field(
+        default="adamw", metadata={"help": "optimizer: adamw | galore | apollo | apollo_mini | adam_mini | flora"}
+    )
+    lr: float = field(
+        default=1e-3,
+        metadata={"help": "learning rate (papers: 1e-3 AdamW/Adam-mini, 1e-2 GaLore/APOLLO/APOLLO-Mini pre-training)"},
+    )
+    betas: tuple[float, float] = field(
+        default=(0.9, 0.999),
+        metadata={"help": "(beta1, beta2) of the first/second moments; Flora uses beta1 for its compressed momentum"},
+    )
+    eps: float | None = field(
+        default=None,
+        metadata={
+            "help": "denominator eps; None = method default (AdamW/Adam-mini 1e-8, GaLore/APOLLO 1e-6, "
+            "Flora 1e-30 = Adafactor eps1)"
+        },
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (p -= lr * wd * p)"})
+    decay_1d: bool = field(
+        default=False, metadata={"help": "also decay 1-D tensors (biases, norm gains); off = the usual no-decay group"}
+    )
+    rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "projection rank r; None = method default (GaLore 128, APOLLO 256, APOLLO-Mini 1, "
+            "Flora 128); clipped to min(m, n) per matrix"
+        },
+    )
+    update_proj_gap: int = field(
+        default=200, metadata={"help": "T: refresh the projection every T optimizer steps (GaLore/APOLLO)"}
+    )
+    scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "alpha: GaLore 0.25, APOLLO 1, APOLLO-Mini 128 (enters APOLLO as sqrt(alpha)); None = default"
+        },
+    )
+    scale_front: bool = field(
+        default=False,
+        metadata={"help": "APOLLO: multiply by sqrt(alpha) before the norm-growth limiter (the 60M/130M Mini scripts)"},
+    )
+    norm_growth_limit: float = field(
+        default=1.01, metadata={"help": "APOLLO norm-growth limiter gamma (Fira); 0 disables it"}
+    )
+    target: Literal["blocks", "all_linear"] = field(
+        default="blocks",
+        metadata={
+            "help": "which weights get the low-rank treatment: 'blocks' = Linear/conv weights inside repeated "
+            "blocks (children of an nn.ModuleList), 'all_linear' = every Linear/conv weight"
+        },
+    )
+    include_conv: bool = field(
+        default=True,
+        metadata={"help": "treat conv kernels (out, in, *k) as (out, in*prod(k)) matrices in the low-rank group"},
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "base seed of the random projections (APOLLO, Flora); parameter i (0-based over all "
+            "optimizer groups) starts from seed + i + 1, as the reference packages number them"
+        },
+    )
+    kappa: int = field(
+        default=1000, metadata={"help": "Flora: resample the projection every kappa steps (momentum transferred)"}
+    )
+    decay_rate: float = field(default=-0.8, metadata={"help": "Flora/Adafactor: beta2_t = 1 - t^decay_rate"})
+    clip_threshold: float = field(default=1.0, metadata={"help": "Flora/Adafactor: update RMS clipping threshold"})
+    scale_parameter: bool = field(
+        default=False,
+        metadata={
+            "help": "Flora/Adafactor: multiply lr by max(1e-3, RMS(p)) (flora-opt default True; "
+            "off to use a plain lr like the other methods)"
+        },
+    )
+    per_layer: bool = field(
+        default=False,
+        metadata={
+            "help": "step each parameter inside backward (post-accumulate-grad hooks) so full gradients never "
+            "coexist; all methods but adamw; single process, no grad clipping; with gradient "
+            "accumulation the loop sets opt.step_in_backward (see CoreOptimizer.attach_per_layer)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.name not in OPTIM_NAMES:
@@ -99,8 +135,10 @@ class OptimConfig:
         if self.target not in ("blocks", "all_linear"):
             raise ValueError(f"optim.target={self.target!r} must be 'blocks' or 'all_linear'")
         if self.per_layer and self.name == "adamw":
-            raise ValueError("optim.per_layer is supported for galore, apollo, apollo_mini, adam_mini and "
-                             "flora, not adamw; set optim.per_layer=false or pick one of those")
+            raise ValueError(
+                "optim.per_layer is supported for galore, apollo, apollo_mini, adam_mini and "
+                "flora, not adamw; set optim.per_layer=false or pick one of those"
+            )
 
     @property
     def resolved_eps(self) -> float:

@@ -30,8 +30,14 @@ from genai_train.optim.projector import gaussian, matrix_view, next_seed, split_
 __all__ = ["Flora", "adafactor_direction"]
 
 
-def adafactor_direction(g: torch.Tensor, row: torch.Tensor | None, col: torch.Tensor | None,
-                        v: torch.Tensor | None, beta2t: float, eps1: float) -> torch.Tensor:
+def adafactor_direction(
+    g: torch.Tensor,
+    row: torch.Tensor | None,
+    col: torch.Tensor | None,
+    v: torch.Tensor | None,
+    beta2t: float,
+    eps1: float,
+) -> torch.Tensor:
     """Adafactor's normalised gradient (Shazeer & Stern 2018, Alg. 4), updating the moments in place.
 
     Factored (g: [m, n], row [m], col [n]):  G^2 moments by rows/columns, u = g / sqrt(row col / mean(row)).
@@ -58,13 +64,32 @@ class Flora(CoreOptimizer):
     ``betas[1]`` is unused (Adafactor's beta2_t schedule). Compressed momentum needs min(m, n) >= rank;
     smaller low-rank matrices keep a dense momentum. ``seed_base`` as in APOLLO."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), rank: int = 128,
-                 kappa: int = 1000, eps: tuple[float, float] = (1e-30, 1e-3), clip_threshold: float = 1.0,
-                 decay_rate: float = -0.8, weight_decay: float = 0.0, scale_parameter: bool = False,
-                 seed_base: int = 0) -> None:
-        defaults = dict(lr=lr, betas=tuple(betas), rank=rank, kappa=kappa, eps=tuple(eps),
-                        clip_threshold=clip_threshold, decay_rate=decay_rate, weight_decay=weight_decay,
-                        scale_parameter=scale_parameter, low_rank=False)
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        rank: int = 128,
+        kappa: int = 1000,
+        eps: tuple[float, float] = (1e-30, 1e-3),
+        clip_threshold: float = 1.0,
+        decay_rate: float = -0.8,
+        weight_decay: float = 0.0,
+        scale_parameter: bool = False,
+        seed_base: int = 0,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            rank=rank,
+            kappa=kappa,
+            eps=tuple(eps),
+            clip_threshold=clip_threshold,
+            decay_rate=decay_rate,
+            weight_decay=weight_decay,
+            scale_parameter=scale_parameter,
+            low_rank=False,
+        )
         super().__init__(params, defaults, seed_base=seed_base)
 
     def _compressed(self, group: dict, p: torch.Tensor) -> bool:
@@ -109,10 +134,14 @@ class Flora(CoreOptimizer):
             w = matrix_view(p) if group["low_rank"] else p
             g = matrix_view(g) if group["low_rank"] else g
             # lr scale from the parameter before the update
-            lr_t = torch.clamp(torch.linalg.vector_norm(w) / math.sqrt(w.numel()), min=eps2) * lr \
-                if group["scale_parameter"] else lr
-            u = adafactor_direction(g, state.get("exp_avg_sq_row"), state.get("exp_avg_sq_col"),
-                                    state.get("exp_avg_sq"), beta2t, eps1)
+            lr_t = (
+                torch.clamp(torch.linalg.vector_norm(w) / math.sqrt(w.numel()), min=eps2) * lr
+                if group["scale_parameter"]
+                else lr
+            )
+            u = adafactor_direction(
+                g, state.get("exp_avg_sq_row"), state.get("exp_avg_sq_col"), state.get("exp_avg_sq"), beta2t, eps1
+            )
             if "exp_avg" in state and self._compressed(group, p):
                 m_, n_ = g.shape
                 r = group["rank"]

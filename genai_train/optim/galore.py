@@ -38,28 +38,56 @@ class GaLore(ProjectedAdam):
     (out, in*k*k)). ``projection="identity"`` replaces the SVD basis by the identity (needs rank >=
     min(m, n)); it turns GaLore into AdamW and exists for tests and ablations."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.0, rank: int = 128, update_proj_gap: int = 200, scale: float = 0.25,
-                 projection: Literal["svd", "identity"] = "svd") -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        rank: int = 128,
+        update_proj_gap: int = 200,
+        scale: float = 0.25,
+        projection: Literal["svd", "identity"] = "svd",
+    ) -> None:
         if projection not in ("svd", "identity"):
             raise ValueError(f"GaLore projection={projection!r}: choose 'svd' or 'identity'")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank,
-                        update_proj_gap=update_proj_gap, scale=scale, projection=projection, low_rank=False)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            rank=rank,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            projection=projection,
+            low_rank=False,
+        )
         super().__init__(params, defaults)
 
-    def _low_rank_step(self, group: dict, params: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict],
-                       ms: list[torch.Tensor], vs: list[torch.Tensor], t: int) -> None:
+    def _low_rank_step(
+        self,
+        group: dict,
+        params: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        states: list[dict],
+        ms: list[torch.Tensor],
+        vs: list[torch.Tensor],
+        t: int,
+    ) -> None:
         lr, (b1, b2), eps, k = group["lr"], group["betas"], group["eps"], t + 1
         if t % group["update_proj_gap"] == 0:
             for g, s in zip(gs, states):
                 if group["projection"] == "identity":
                     if group["rank"] < min(g.shape):
-                        raise ValueError("GaLore projection='identity' needs rank >= min(m, n) "
-                                         f"(rank {group['rank']}, matrix {tuple(g.shape)})")
+                        raise ValueError(
+                            "GaLore projection='identity' needs rank >= min(m, n) "
+                            f"(rank {group['rank']}, matrix {tuple(g.shape)})"
+                        )
                     s["proj"] = torch.eye(min(g.shape), dtype=g.dtype, device=g.device)
                 else:
                     s["proj"] = svd_basis(g, group["rank"])
-        alpha = lr * math.sqrt(1.0 - b2 ** k) / (1.0 - b1 ** k) * group["scale"]
+        alpha = lr * math.sqrt(1.0 - b2**k) / (1.0 - b1**k) * group["scale"]
         for p, g, s, m, v, (r, neg_n) in zip(params, gs, states, ms, vs, reused_workspaces(ms)):
             project(g, s["proj"], out=r)  # [m, r] tall | [r, n] wide
             adam_direction([r], [m], [v], k, b1, b2, eps, out=[neg_n])

@@ -15,8 +15,19 @@ import torch
 
 from genai_train.optim.base import CoreOptimizer, hf_adamw_
 
-__all__ = ["matrix_view", "is_tall", "svd_basis", "gaussian", "next_seed", "split_seed", "project",
-           "project_back_", "projection_shape", "reused_workspaces", "ProjectedAdam"]
+__all__ = [
+    "matrix_view",
+    "is_tall",
+    "svd_basis",
+    "gaussian",
+    "next_seed",
+    "split_seed",
+    "project",
+    "project_back_",
+    "projection_shape",
+    "reused_workspaces",
+    "ProjectedAdam",
+]
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 
@@ -48,8 +59,9 @@ def svd_basis(g: torch.Tensor, rank: int) -> torch.Tensor:
     return p.to(dtype=g.dtype).contiguous()
 
 
-def gaussian(shape: tuple[int, int], seed: int, device: torch.device, dtype: torch.dtype = torch.float32,
-             rank: int | None = None) -> torch.Tensor:
+def gaussian(
+    shape: tuple[int, int], seed: int, device: torch.device, dtype: torch.dtype = torch.float32, rank: int | None = None
+) -> torch.Tensor:
     """N(0, 1/r) matrix drawn from a generator seeded with ``seed`` on ``device`` (APOLLO, Flora).
 
     CPU and CUDA generators give different numbers for the same seed: compare runs on one device type.
@@ -135,7 +147,15 @@ class ProjectedAdam(CoreOptimizer):
         if wd > 0.0:
             torch._foreach_mul_(params, 1.0 - lr * wd)
 
-    def _low_rank_step(self, group: dict, params: list[torch.Tensor], gs: list[torch.Tensor], states: list[dict],
-                       ms: list[torch.Tensor], vs: list[torch.Tensor], t: int) -> None:
+    def _low_rank_step(
+        self,
+        group: dict,
+        params: list[torch.Tensor],
+        gs: list[torch.Tensor],
+        states: list[dict],
+        ms: list[torch.Tensor],
+        vs: list[torch.Tensor],
+        t: int,
+    ) -> None:
         """Refresh the projectors when due and update ``params`` (weight decay comes after, in the caller)."""
         raise NotImplementedError

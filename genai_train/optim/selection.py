@@ -35,8 +35,9 @@ def _walk(model: nn.Module, parents: tuple[nn.Module, ...] = ()):
         yield from _walk(child, parents + (model,))
 
 
-def low_rank_params(model: nn.Module, target: Literal["blocks", "all_linear"] = "blocks",
-                    include_conv: bool = True) -> set[int]:
+def low_rank_params(
+    model: nn.Module, target: Literal["blocks", "all_linear"] = "blocks", include_conv: bool = True
+) -> set[int]:
     """ids of the parameters that get the low-rank treatment (see the module docstring)."""
     chosen: set[int] = set()
     for mod, parents in _walk(model):
@@ -50,8 +51,13 @@ def low_rank_params(model: nn.Module, target: Literal["blocks", "all_linear"] = 
         elif isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None:
             weights.append(mod.in_proj_weight)
         for w in weights:
-            if w is not None and w.requires_grad and w.ndim >= 2 and min(w.shape[0], w[0].numel()) > 1 \
-                    and w.is_contiguous():
+            if (
+                w is not None
+                and w.requires_grad
+                and w.ndim >= 2
+                and min(w.shape[0], w[0].numel()) > 1
+                and w.is_contiguous()
+            ):
                 chosen.add(id(w))
     return chosen
 
@@ -89,7 +95,8 @@ def adam_mini_blocks(model: nn.Module) -> dict[int, int]:
             if pname.endswith("bias"):
                 blocks[id(p)] = p.numel()
             elif isinstance(mod, (nn.Linear, nn.Embedding, *_CONV)) or (
-                    isinstance(mod, nn.MultiheadAttention) and p.ndim == 2):
+                isinstance(mod, nn.MultiheadAttention) and p.ndim == 2
+            ):
                 blocks[id(p)] = p.shape[0]
             else:
                 blocks[id(p)] = 1

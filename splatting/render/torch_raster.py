@@ -31,9 +31,18 @@ from torch import Tensor
 
 from splatting.render.sh import sh_to_color
 
-__all__ = ["RasterSettings", "DEFAULT_SETTINGS", "quat_to_rotmat", "covariance_3d", "project_ewa", "isect_tiles",
-           "rasterize_to_pixels", "rasterize", "tile_bounds",
-           "tile_touches"]
+__all__ = [
+    "RasterSettings",
+    "DEFAULT_SETTINGS",
+    "quat_to_rotmat",
+    "covariance_3d",
+    "project_ewa",
+    "isect_tiles",
+    "rasterize_to_pixels",
+    "rasterize",
+    "tile_bounds",
+    "tile_touches",
+]
 
 
 @dataclass(frozen=True)
@@ -61,9 +70,15 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     """Unit rotation from a (not necessarily normalized) wxyz quaternion. [..., 4] -> [..., 3, 3]."""
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
     rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
     ]
     return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
 
@@ -74,8 +89,15 @@ def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
     return m @ m.transpose(-1, -2)
 
 
-def project_ewa(means: Tensor, covars: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int,
-                settings: RasterSettings = DEFAULT_SETTINGS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def project_ewa(
+    means: Tensor,
+    covars: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    settings: RasterSettings = DEFAULT_SETTINGS,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """EWA splatting of 3-D Gaussians into C pinhole views (Zwicker et al. 2002; paper Eq. 5).
 
     means [N, 3], covars [N, 3, 3], viewmats [C, 4, 4] world->camera, Ks [C, 3, 3].
@@ -104,18 +126,22 @@ def project_ewa(means: Tensor, covars: Tensor, viewmats: Tensor, Ks: Tensor, wid
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)  # [C, N, 3]
 
     with torch.no_grad():
-        radii = torch.stack([torch.ceil(settings.radius_sigmas * a.sqrt()),
-                             torch.ceil(settings.radius_sigmas * c.sqrt())], dim=-1)  # [C, N, 2]
+        radii = torch.stack(
+            [torch.ceil(settings.radius_sigmas * a.sqrt()), torch.ceil(settings.radius_sigmas * c.sqrt())], dim=-1
+        )  # [C, N, 2]
         valid = (a * c - b * b > 0) & (tz > settings.near_plane) & (tz < settings.far_plane)
-        inside = ((means2d[..., 0] + radii[..., 0] > 0) & (means2d[..., 0] - radii[..., 0] < width)
-                  & (means2d[..., 1] + radii[..., 1] > 0) & (means2d[..., 1] - radii[..., 1] < height))
+        inside = (
+            (means2d[..., 0] + radii[..., 0] > 0)
+            & (means2d[..., 0] - radii[..., 0] < width)
+            & (means2d[..., 1] + radii[..., 1] > 0)
+            & (means2d[..., 1] - radii[..., 1] < height)
+        )
         keep = valid & inside & torch.isfinite(radii).all(-1)
         radii = torch.where(keep[..., None], radii, torch.zeros_like(radii)).int()
     return means2d, conics, tz, radii
 
 
-def tile_bounds(means2d: Tensor, radii: Tensor, tile_size: int, tiles_x: int, tiles_y: int
-                ) -> tuple[Tensor, Tensor]:
+def tile_bounds(means2d: Tensor, radii: Tensor, tile_size: int, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor]:
     """Inclusive-exclusive tile rectangle [min, max) each Gaussian overlaps. [..., 2] -> two [..., 2] int64."""
     tm = means2d.detach() / tile_size
     tr = radii.to(tm.dtype) / tile_size
@@ -142,9 +168,17 @@ def binning_radii(conics: Tensor, opacities: Tensor, radii: Tensor, settings: Ra
 
 
 @torch.no_grad()
-def isect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tiles_x: int, tiles_y: int,
-                conics: Tensor | None = None, opacities: Tensor | None = None, alpha_min: float = 1.0 / 255.0
-                ) -> tuple[Tensor, Tensor]:
+def isect_tiles(
+    means2d: Tensor,
+    radii: Tensor,
+    depths: Tensor,
+    tile_size: int,
+    tiles_x: int,
+    tiles_y: int,
+    conics: Tensor | None = None,
+    opacities: Tensor | None = None,
+    alpha_min: float = 1.0 / 255.0,
+) -> tuple[Tensor, Tensor]:
     """All (tile, Gaussian) pairs of one view, sorted by tile then depth; no loop over Gaussians.
 
     means2d [N, 2], radii [N, 2], depths [N] -> (tile_ids [M], gauss_ids [M]) int64. With ``conics`` [N, 3]
@@ -173,8 +207,16 @@ def isect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, 
 
 
 @torch.no_grad()
-def tile_touches(tile_of: Tensor, gauss_of: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
-                 tile_size: int, tiles_x: int, alpha_min: float) -> Tensor:
+def tile_touches(
+    tile_of: Tensor,
+    gauss_of: Tensor,
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    tile_size: int,
+    tiles_x: int,
+    alpha_min: float,
+) -> Tensor:
     """Which (tile, Gaussian) pairs can pass the alpha test at some pixel of the tile. [M] bool.
 
     The bounding box of the 3-sigma extent also covers tiles that the opacity-scaled ellipse
@@ -184,13 +226,29 @@ def tile_touches(tile_of: Tensor, gauss_of: Tensor, means2d: Tensor, conics: Ten
     closed form (clamped to the edge). Pairs whose minimum exceeds the threshold would be skipped by the
     alpha test at every pixel, so dropping them changes neither images nor gradients.
     """
-    return _touches(tile_of % tiles_x, torch.div(tile_of, tiles_x, rounding_mode="floor"), gauss_of, means2d,
-                    conics, opacities, tile_size, alpha_min)
+    return _touches(
+        tile_of % tiles_x,
+        torch.div(tile_of, tiles_x, rounding_mode="floor"),
+        gauss_of,
+        means2d,
+        conics,
+        opacities,
+        tile_size,
+        alpha_min,
+    )
 
 
 @torch.no_grad()
-def _touches(tx: Tensor, ty: Tensor, gid: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
-             tile_size: int, alpha_min: float) -> Tensor:
+def _touches(
+    tx: Tensor,
+    ty: Tensor,
+    gid: Tensor,
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    tile_size: int,
+    alpha_min: float,
+) -> Tensor:
     if gid.numel() == 0:
         return torch.ones(0, dtype=torch.bool, device=gid.device)
     m = means2d.detach()[gid]
@@ -216,8 +274,16 @@ def _offsets(pix: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     return pix[:, None, :, 0] - m[..., 0, None], pix[:, None, :, 1] - m[..., 1, None]
 
 
-def _block_alpha(pix: Tensor, gids: Tensor, slot_ok: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
-                 alpha_min: float, alpha_max: float):
+def _block_alpha(
+    pix: Tensor,
+    gids: Tensor,
+    slot_ok: Tensor,
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    alpha_min: float,
+    alpha_max: float,
+):
     """Fragments of K' depth slots of B tiles: dx, dy, exp(-sigma), raw alpha, kept alpha, all [B, K', P]."""
     con = conics[gids]  # [B, K', 3]
     dx, dy = _offsets(pix, means2d[gids])  # [B, K', P] each
@@ -259,8 +325,22 @@ class _Composite(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pix, gids, slot_ok, means2d, conics, opacities, colors, background, alpha_min, alpha_max,
-                t_min, k_block, budget):
+    def forward(
+        ctx,
+        pix,
+        gids,
+        slot_ok,
+        means2d,
+        conics,
+        opacities,
+        colors,
+        background,
+        alpha_min,
+        alpha_max,
+        t_min,
+        k_block,
+        budget,
+    ):
         n_tiles, k_total = gids.shape
         n_pix = pix.shape[1]
         t_raw = torch.ones(n_tiles, n_pix, dtype=pix.dtype, device=pix.device)
@@ -275,9 +355,10 @@ class _Composite(torch.autograd.Function):
         k_end = 0
         with torch.no_grad():
             for k0 in range(0, k_total, k_block):
-                g = gi[:, k0:k0 + k_block]
-                _, _, gauss, _, alpha = _block_alpha(px, g, ok[:, k0:k0 + k_block], means2d, conics, opacities,
-                                                     alpha_min, alpha_max)
+                g = gi[:, k0 : k0 + k_block]
+                _, _, gauss, _, alpha = _block_alpha(
+                    px, g, ok[:, k0 : k0 + k_block], means2d, conics, opacities, alpha_min, alpha_max
+                )
                 alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
                 weights = alpha * (t_incl / (1.0 - alpha))  # alpha_k T_k
                 color += torch.einsum("bkp,bkd->bpd", weights, colors[g])
@@ -337,7 +418,7 @@ class _Composite(torch.autograd.Function):
                 px, gi, ok, gc, cg_ga = px[keep], gi[keep], ok[keep], gc[keep], cg_ga[keep]
                 t_raw, t_used, q_prefix = t_raw[keep], t_used[keep], q_prefix[keep]
                 k_drop, keep = next(drops, (None, None))
-            g = gi[:, k0:k0 + k_block]
+            g = gi[:, k0 : k0 + k_block]
             kept = ctx.stored[k0 // k_block]
             if kept is not None:  # the forward's fragments: only dx, dy and the raw alpha are recomputed
                 gauss, alpha, t_incl, t_raw = kept
@@ -345,8 +426,9 @@ class _Composite(torch.autograd.Function):
                 raw = opacities[g][..., None] * gauss  # wrong on padded slots, where alpha = 0 masks it
                 t_next = t_incl[:, -1, :]
             else:
-                dx, dy, gauss, raw, alpha = _block_alpha(px, g, ok[:, k0:k0 + k_block], means2d, conics,
-                                                         opacities, alpha_min, alpha_max)
+                dx, dy, gauss, raw, alpha = _block_alpha(
+                    px, g, ok[:, k0 : k0 + k_block], means2d, conics, opacities, alpha_min, alpha_max
+                )
                 alpha, t_incl, t_raw, t_next = _march(alpha, t_raw, t_used, t_min)
             one_minus = 1.0 - alpha
             t_excl = t_incl / one_minus  # T_k
@@ -366,8 +448,13 @@ class _Composite(torch.autograd.Function):
                 e = d_alpha * raw  # [B, K', P]
                 u, v = e * dx, e * dy
                 if need_c:
-                    g_conics.index_add_(0, flat, torch.stack(
-                        [-0.5 * (u * dx).sum(-1), -(u * dy).sum(-1), -0.5 * (v * dy).sum(-1)], dim=-1).reshape(-1, 3))
+                    g_conics.index_add_(
+                        0,
+                        flat,
+                        torch.stack(
+                            [-0.5 * (u * dx).sum(-1), -(u * dy).sum(-1), -0.5 * (v * dy).sum(-1)], dim=-1
+                        ).reshape(-1, 3),
+                    )
                 if need_m:  # d sigma / d mean = -(a dx + b dy, c dy + b dx)
                     su, sv = u.sum(-1), v.sum(-1)  # [B, K']
                     a, b, c = conics[g].unbind(-1)
@@ -379,10 +466,19 @@ class _Composite(torch.autograd.Function):
         return None, None, None, g_means, g_conics, g_opac, g_colors, g_bg, None, None, None, None, None
 
 
-def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, radii: Tensor,
-                        depths: Tensor, width: int, height: int, background: Tensor | None = None,
-                        settings: RasterSettings = DEFAULT_SETTINGS, store_budget: list[int] | None = None
-                        ) -> tuple[Tensor, Tensor, int]:
+def rasterize_to_pixels(
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    radii: Tensor,
+    depths: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    settings: RasterSettings = DEFAULT_SETTINGS,
+    store_budget: list[int] | None = None,
+) -> tuple[Tensor, Tensor, int]:
     """Rasterize one view. [N, 2], [N, 3], [N], [N, D], [N, 2], [N] -> image [H, W, D], alpha [H, W, 1], M.
 
     ``store_budget`` ([floats]) is how many forward fragment values may be kept for the backward; it is
@@ -394,8 +490,17 @@ def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colo
     device, dtype, d = means2d.device, means2d.dtype, colors.shape[-1]
     bg = background if background is not None else torch.zeros(d, device=device, dtype=dtype)
 
-    tile_of, gauss_of = isect_tiles(means2d, binning_radii(conics, opacities, radii, settings), depths, ts,
-                                    tiles_x, tiles_y, conics, opacities, settings.alpha_min)
+    tile_of, gauss_of = isect_tiles(
+        means2d,
+        binning_radii(conics, opacities, radii, settings),
+        depths,
+        ts,
+        tiles_x,
+        tiles_y,
+        conics,
+        opacities,
+        settings.alpha_min,
+    )
     counts = torch.bincount(tile_of, minlength=n_tiles)  # [T]
     offsets = torch.cumsum(counts, 0) - counts
     order = torch.argsort(counts, descending=True, stable=True)  # fullest tiles first
@@ -414,15 +519,28 @@ def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colo
         floor = k * settings.pad_ratio
         while b > 1 and counts_sorted[start + b - 1] < floor:
             b = max(1, b // 2) if counts_sorted[start + b // 2] < floor else b - 1
-        tiles = order[start:start + b]  # [B]
+        tiles = order[start : start + b]  # [B]
         slots = torch.arange(k, device=device)
         slot_ok = slots[None, :] < counts[tiles][:, None]  # [B, K]
         idx = (offsets[tiles][:, None] + slots[None, :]).clamp(max=max(tile_of.shape[0] - 1, 0))
         gids = torch.where(slot_ok, gauss_of[idx], torch.zeros_like(idx))
         origin = torch.stack([tiles % tiles_x, tiles // tiles_x], dim=-1).to(dtype) * ts  # [B, 2]
         pix = origin[:, None, :] + local[None]  # [B, P, 2]
-        args = (pix, gids, slot_ok, means2d, conics, opacities, colors, bg,
-                settings.alpha_min, settings.alpha_max, settings.transmittance_min, settings.k_block, budget)
+        args = (
+            pix,
+            gids,
+            slot_ok,
+            means2d,
+            conics,
+            opacities,
+            colors,
+            bg,
+            settings.alpha_min,
+            settings.alpha_max,
+            settings.transmittance_min,
+            settings.k_block,
+            budget,
+        )
         col, alp = _Composite.apply(*args)
         outs_c.append(col)
         outs_a.append(alp)
@@ -443,10 +561,20 @@ def rasterize_to_pixels(means2d: Tensor, conics: Tensor, opacities: Tensor, colo
     return untile(tile_c), untile(tile_a[..., None]), int(tile_of.shape[0])
 
 
-def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-              viewmats: Tensor, Ks: Tensor, width: int, height: int, sh_degree: int | None = None,
-              backgrounds: Tensor | None = None, settings: RasterSettings = DEFAULT_SETTINGS
-              ) -> tuple[Tensor, Tensor, dict]:
+def rasterize(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,
+    settings: RasterSettings = DEFAULT_SETTINGS,
+) -> tuple[Tensor, Tensor, dict]:
     """Render C views of N Gaussians (gsplat's ``rasterization`` signature, classic mode, unpacked).
 
     means [N, 3], quats [N, 4] wxyz, scales [N, 3] (linear), opacities [N] in (0, 1),
@@ -463,20 +591,41 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     if sh_degree is not None:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
         dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
-        view_colors = torch.clamp_min(sh_to_color(sh_degree, dirs, colors[None].expand(n_cams, -1, -1, -1))
-                                      + 0.5, 0.0)  # [C, N, 3]
+        view_colors = torch.clamp_min(
+            sh_to_color(sh_degree, dirs, colors[None].expand(n_cams, -1, -1, -1)) + 0.5, 0.0
+        )  # [C, N, 3]
     else:
         view_colors = colors[None].expand(n_cams, -1, -1)
     images, alphas, n_isects = [], [], 0
     budget = [settings.store_elems]  # shared by the views: bounds what the whole call keeps for the backward
     for c in range(n_cams):  # views are few; Gaussians and pixels are vectorized
         bg = backgrounds[c] if backgrounds is not None else None
-        img, alp, m = rasterize_to_pixels(means2d[c], conics[c], view_opac[c], view_colors[c], radii[c],
-                                          depths[c], width, height, bg, settings, budget)
+        img, alp, m = rasterize_to_pixels(
+            means2d[c],
+            conics[c],
+            view_opac[c],
+            view_colors[c],
+            radii[c],
+            depths[c],
+            width,
+            height,
+            bg,
+            settings,
+            budget,
+        )
         images.append(img)
         alphas.append(alp)
         n_isects += m
-    info = {"means2d": means2d, "conics": conics, "opacities": view_opac, "radii": radii, "depths": depths,
-            "width": width, "height": height, "n_cameras": n_cams, "tile_size": settings.tile_size,
-            "n_isects": n_isects}
+    info = {
+        "means2d": means2d,
+        "conics": conics,
+        "opacities": view_opac,
+        "radii": radii,
+        "depths": depths,
+        "width": width,
+        "height": height,
+        "n_cameras": n_cams,
+        "tile_size": settings.tile_size,
+        "n_isects": n_isects,
+    }
     return torch.stack(images), torch.stack(alphas), info

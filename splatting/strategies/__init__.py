@@ -18,8 +18,12 @@ __all__ = ["ADCStrategy", "SteepGSStrategy", "DensifyConfig"]
 @dataclass
 class DensifyConfig(SteepGSStrategy):
     name: Literal["adc", "steepgs"] = field(
-        default="adc", metadata={"help": "adc: clone/split by 2-D gradient (3DGS); steepgs: split saddle points "
-                                         "once along the steepest direction (the estimator/split fields apply)"})
+        default="adc",
+        metadata={
+            "help": "adc: clone/split by 2-D gradient (3DGS); steepgs: split saddle points "
+            "once along the steepest direction (the estimator/split fields apply)"
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -22,16 +22,19 @@ __all__ = ["ADCStrategy"]
 @dataclass
 class ADCStrategy:
     prune_opa: float = field(default=0.005, metadata={"help": "prune Gaussians with opacity below this"})
-    grow_grad2d: float = field(default=0.0002,
-                               metadata={"help": "grow Gaussians whose mean 2-D gradient norm exceeds this"})
+    grow_grad2d: float = field(
+        default=0.0002, metadata={"help": "grow Gaussians whose mean 2-D gradient norm exceeds this"}
+    )
     grow_scale3d: float = field(default=0.01, metadata={"help": "clone if max scale <= this x scene scale, else split"})
-    prune_scale3d: float = field(default=0.1,
-                                 metadata={"help": "after the first reset, prune max scale > this x scene scale"})
+    prune_scale3d: float = field(
+        default=0.1, metadata={"help": "after the first reset, prune max scale > this x scene scale"}
+    )
     refine_start: int = field(default=500, metadata={"help": "first step of densification"})
     refine_stop: int = field(default=15_000, metadata={"help": "no densification from this step on"})
     refine_every: int = field(default=100, metadata={"help": "densify every N steps"})
-    reset_every: int = field(default=3000,
-                             metadata={"help": "clamp opacities to 2 x prune_opa every N steps (0: never)"})
+    reset_every: int = field(
+        default=3000, metadata={"help": "clamp opacities to 2 x prune_opa every N steps (0: never)"}
+    )
     pause_refine_after_reset: int = field(default=0, metadata={"help": "skip densification for N steps after a reset"})
     revised_opacity: bool = field(default=False, metadata={"help": "children of a split get 1 - sqrt(1 - o)"})
     max_gaussians: int = field(default=0, metadata={"help": "stop growing beyond this many Gaussians (0: no cap)"})
@@ -53,8 +56,10 @@ class ADCStrategy:
         if missing:
             raise ValueError(f"ADC needs parameters {sorted(missing)}")
         if set(params.keys()) != set(optimizers.keys()):
-            raise ValueError(f"one optimizer per parameter is required: params {sorted(params.keys())}, "
-                             f"optimizers {sorted(optimizers.keys())}")
+            raise ValueError(
+                f"one optimizer per parameter is required: params {sorted(params.keys())}, "
+                f"optimizers {sorted(optimizers.keys())}"
+            )
 
     def step_pre_backward(self, params, optimizers, state: dict, step: int, info: dict) -> None:
         info["means2d"].retain_grad()
@@ -63,8 +68,11 @@ class ADCStrategy:
         return self.reset_every > 0 and step > 0 and step % self.reset_every == 0
 
     def is_refine_step(self, step: int) -> bool:
-        return (self.refine_start < step < self.refine_stop and step % self.refine_every == 0
-                and (self.reset_every == 0 or step % self.reset_every >= self.pause_refine_after_reset))
+        return (
+            self.refine_start < step < self.refine_stop
+            and step % self.refine_every == 0
+            and (self.reset_every == 0 or step % self.reset_every >= self.pause_refine_after_reset)
+        )
 
     def step_post_backward(self, params, optimizers, state: dict, step: int, info: dict) -> dict:
         """Accumulate statistics, then grow/prune and reset on schedule. Returns what happened."""

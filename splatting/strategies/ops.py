@@ -16,9 +16,13 @@ from splatting.render.torch_raster import quat_to_rotmat
 __all__ = ["update_params", "duplicate", "split", "remove", "reset_opacity"]
 
 
-def update_params(params: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Optimizer],
-                  param_fn: Callable[[str, Tensor], Tensor], opt_fn: Callable[[str, Tensor], Tensor],
-                  names: list[str] | None = None) -> None:
+def update_params(
+    params: torch.nn.ParameterDict,
+    optimizers: dict[str, torch.optim.Optimizer],
+    param_fn: Callable[[str, Tensor], Tensor],
+    opt_fn: Callable[[str, Tensor], Tensor],
+    names: list[str] | None = None,
+) -> None:
     """Replace ``params[k]`` by ``param_fn(k, old)`` and each optimizer moment ``v`` by ``opt_fn(k, v)``."""
     for name in names if names is not None else list(params.keys()):
         old = params[name]
@@ -47,14 +51,21 @@ def duplicate(params, optimizers, state: dict, mask: Tensor) -> None:
     """Clone the Gaussians in ``mask`` [N] (ADC "clone" for small, under-reconstructed ones)."""
     sel = torch.where(mask)[0]
     n = mask.shape[0]
-    update_params(params, optimizers, lambda _, p: torch.cat([p, p[sel]]),
-                  lambda _, v: torch.cat([v, torch.zeros_like(v[sel])]))
+    update_params(
+        params, optimizers, lambda _, p: torch.cat([p, p[sel]]), lambda _, v: torch.cat([v, torch.zeros_like(v[sel])])
+    )
     _update_state(state, lambda v: torch.cat([v, v[sel]]), n)
 
 
 @torch.no_grad()
-def split(params, optimizers, state: dict, mask: Tensor, revised_opacity: bool = False,
-          generator: torch.Generator | None = None) -> None:
+def split(
+    params,
+    optimizers,
+    state: dict,
+    mask: Tensor,
+    revised_opacity: bool = False,
+    generator: torch.Generator | None = None,
+) -> None:
     """Replace each Gaussian in ``mask`` by two children sampled from it, scales / 1.6 (paper Sec. 5.2).
 
     ``revised_opacity`` gives each child 1 - sqrt(1 - o) (Rota Bulo et al. 2024) instead of o.
@@ -78,9 +89,12 @@ def split(params, optimizers, state: dict, mask: Tensor, revised_opacity: bool =
             child = p[sel].repeat(2, *([1] * (p.ndim - 1)))
         return torch.cat([p[rest], child])
 
-    update_params(params, optimizers, param_fn,
-                  lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype,
-                                                               device=v.device)]))
+    update_params(
+        params,
+        optimizers,
+        param_fn,
+        lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype, device=v.device)]),
+    )
     _update_state(state, lambda v: torch.cat([v[rest], v[sel].repeat(2, *([1] * (v.ndim - 1)))]), n)
 
 
@@ -97,5 +111,6 @@ def remove(params, optimizers, state: dict, mask: Tensor) -> None:
 def reset_opacity(params, optimizers, value: float) -> None:
     """Clamp every opacity to at most ``value`` and zero its Adam moments (paper Sec. 5.2)."""
     cap = torch.logit(torch.tensor(value)).item()
-    update_params(params, optimizers, lambda _, p: torch.clamp_max(p, cap), lambda _, v: torch.zeros_like(v),
-                  names=["opacities"])
+    update_params(
+        params, optimizers, lambda _, p: torch.clamp_max(p, cap), lambda _, v: torch.zeros_like(v), names=["opacities"]
+    )

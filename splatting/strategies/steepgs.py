@@ -80,10 +80,13 @@ def projection_jacobian(means_cam: Tensor, fx: Tensor | float, fy: Tensor | floa
     """
     tx, ty, tz = means_cam.unbind(-1)
     z = torch.zeros_like(tz)
-    J = torch.stack([
-        torch.stack([fx / tz, z, -fx * tx / tz**2], -1),
-        torch.stack([z, fy / tz, -fy * ty / tz**2], -1),
-    ], -2)  # [N, 2, 3]
+    J = torch.stack(
+        [
+            torch.stack([fx / tz, z, -fx * tx / tz**2], -1),
+            torch.stack([z, fy / tz, -fy * ty / tz**2], -1),
+        ],
+        -2,
+    )  # [N, 2, 3]
     return J @ R
 
 
@@ -118,8 +121,15 @@ def predicted_decrease(log_scales: Tensor, lam: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def steepest_split(params, optimizers, state: dict, mask: Tensor, directions: Tensor, halve_opacity: bool = True,
-                   generator: torch.Generator | None = None) -> None:
+def steepest_split(
+    params,
+    optimizers,
+    state: dict,
+    mask: Tensor,
+    directions: Tensor,
+    halve_opacity: bool = True,
+    generator: torch.Generator | None = None,
+) -> None:
     """Replace each Gaussian in ``mask`` [N] by two children at p +- v ||eps||, eps ~ N(0, diag(s)).
 
     ``directions`` [N, 3] are unit vectors (v_min); the step length is drawn independently per child, as in
@@ -144,9 +154,12 @@ def steepest_split(params, optimizers, state: dict, mask: Tensor, directions: Te
             child = p[sel].repeat(2, *([1] * (p.ndim - 1)))
         return torch.cat([p[rest], child])
 
-    ops.update_params(params, optimizers, param_fn,
-                      lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype,
-                                                                   device=v.device)]))
+    ops.update_params(
+        params,
+        optimizers,
+        param_fn,
+        lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype, device=v.device)]),
+    )
     ops._update_state(state, lambda v: torch.cat([v[rest], v[sel].repeat(2, *([1] * (v.ndim - 1)))]), n)
 
 
@@ -160,13 +173,19 @@ class SteepGSStrategy(ADCStrategy):
     """
 
     estimator: Literal["exact", "inv_cov"] = field(
-        default="exact", metadata={"help": "exact: S from conic/opacity gradients; inv_cov: the official code's"})
+        default="exact", metadata={"help": "exact: S from conic/opacity gradients; inv_cov: the official code's"}
+    )
     split_threshold: float = field(
-        default=-1e-6, metadata={"help": "split candidates need lambda_min(S) below this (negative)"})
+        default=-1e-6, metadata={"help": "split candidates need lambda_min(S) below this (negative)"}
+    )
     min_decrease: float = field(
-        default=0.0, metadata={"help": "also require the split's predicted loss decrease, 1/2 E|offset|^2 "
-                                       "|lambda_min| = 1/2 tr(Sigma) |lambda_min| (loss units per view), to exceed "
-                                       "this; 0 keeps the paper's sign test only"})
+        default=0.0,
+        metadata={
+            "help": "also require the split's predicted loss decrease, 1/2 E|offset|^2 "
+            "|lambda_min| = 1/2 tr(Sigma) |lambda_min| (loss units per view), to exceed "
+            "this; 0 keeps the paper's sign test only"
+        },
+    )
     halve_opacity: bool = field(default=True, metadata={"help": "children get half the parent's opacity (paper)"})
 
     def __post_init__(self):

@@ -12,8 +12,9 @@ from genai_train.lm import GPTConfig, LMConfig, TextDataConfig
 from genai_train.optim import OptimConfig
 
 
-def tiny_cfg(run_dir: Path, steps: int = 10, every: int = 5, batch_size: int = 4, grad_accum: int = 1,
-             ema: bool = True) -> LMConfig:
+def tiny_cfg(
+    run_dir: Path, steps: int = 10, every: int = 5, batch_size: int = 4, grad_accum: int = 1, ema: bool = True
+) -> LMConfig:
     return LMConfig(
         run=RunConfig(dir=str(run_dir), device="cpu", seed=3, log_every=1, tensorboard=False),
         model=GPTConfig(n_layers=2, d_model=32, n_heads=2, seq_len=16),

@@ -22,8 +22,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
     torch.set_num_threads(1)
     try:
         trainer, _ = build_trainer(tiny_cfg(Path(run_dir), steps=6, every=3, batch_size=4, ema=False))
@@ -52,4 +53,6 @@ def test_ddp_two_ranks_match_single_process_on_combined_batch(tmp_path):
     # only rank 0 wrote: one metrics file, checkpoints present
     assert (tmp_path / "ddp" / "metrics.jsonl").exists()
     assert sorted(p.name for p in (tmp_path / "ddp" / "ckpt").iterdir() if p.name.startswith("step_")) == [
-        "step_000000003", "step_000000006"]
+        "step_000000003",
+        "step_000000006",
+    ]

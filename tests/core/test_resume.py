@@ -28,6 +28,7 @@ def _stop_at(step_to_stop: int):
     def cb(trainer, step):
         if step == step_to_stop:
             raise _Stop
+
     return cb
 
 
@@ -114,8 +115,12 @@ def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path, where):
     script = tmp_path / "child.py"
     script.write_text(_CHILD.format(root=str(ROOT)))
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(script), str(run), where, "4"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run), where, "4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     from genai_train.checkpoint import Checkpointer
 

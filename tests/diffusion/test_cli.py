@@ -35,9 +35,7 @@ def test_train_sample_export_commands(tmp_path):
 
     assert Image.open(tmp_path / "grid.png").size == (32, 32)  # 2 x 2 grid of 16 px
     _run("export", f"--ckpt={tmp_path / 'run'}", f"--out={tmp_path / 'exp'}")
-    _run(
-        "sample", f"--ckpt={tmp_path / 'exp'}", "--n=2", "--steps=2", "--size=32", f"--out={tmp_path / 'one'}"
-    )
+    _run("sample", f"--ckpt={tmp_path / 'exp'}", "--n=2", "--steps=2", "--size=32", f"--out={tmp_path / 'one'}")
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["00000.png", "00001.png"]
     assert json.loads((tmp_path / "exp" / "edm.json").read_text())["resolution"] == 16
     with pytest.raises(ValueError, match="missing --ckpt"):
@@ -68,9 +66,7 @@ def test_evaluate_reports_generated_and_real_floor(tmp_path):
     t = train(_cfg(tmp_path, "run", 1, "--ckpt.every=0"))
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     real = torch.rand(8, 3, 16, 16) * 2 - 1
-    out = evaluate(
-        t.ema.module, t.config.edm, 16, real, 6, SampleConfig(steps=2), MetricsConfig(kid_subset=2), net=net
-    )
+    out = evaluate(t.ema.module, t.config.edm, 16, real, 6, SampleConfig(steps=2), MetricsConfig(kid_subset=2), net=net)
     assert out["generated"]["n_fake"] == 6 and out["real_vs_real_floor"]["n_real"] == 4
 
 

@@ -54,9 +54,7 @@ def test_loss_is_weighted_pixel_sum_and_sigma_is_lognormal():
     loss = edm_loss(lambda x, s: torch.zeros_like(x), y, sigma, n, 0.5)
     assert torch.allclose(loss, edm_weight(sigma, 0.5) * y.square().flatten(1).sum(1))
     ln = sample_sigma(200_000, EDMConfig(), torch.Generator().manual_seed(0)).log()
-    assert ln.mean().item() == pytest.approx(-1.2, abs=0.01) and ln.std().item() == pytest.approx(
-        1.2, abs=0.01
-    )
+    assert ln.mean().item() == pytest.approx(-1.2, abs=0.01) and ln.std().item() == pytest.approx(1.2, abs=0.01)
 
 
 def test_our_preconditioning_matches_diffusers_edm_scheduler():

@@ -63,9 +63,7 @@ def test_heun_with_churn_still_reproduces_the_gaussian(gaussian):
     assert torch.allclose(m, mu, atol=0.03) and torch.allclose(c, cov, atol=0.03)
 
 
-@pytest.mark.parametrize(
-    "sampler,steps,tol", [("diffusers_dpmsolver", 32, 0.03), ("diffusers_euler", 128, 0.03)]
-)
+@pytest.mark.parametrize("sampler,steps,tol", [("diffusers_dpmsolver", 32, 0.03), ("diffusers_euler", 128, 0.03)])
 def test_diffusers_edm_schedulers_reproduce_the_gaussian(gaussian, sampler, steps, tol):
     mu, cov, noise = gaussian
     mu, cov = mu.float(), cov.float()

@@ -10,10 +10,7 @@ from growth.data import ByteTokenizer, DataConfig, TextData
 from growth.models import ModelConfig, Transformer, save_hf_folder, target_config
 from growth.train import GrowConfig, run
 
-TEXT = (
-    "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n"
-    * 60
-)
+TEXT = "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n" * 60
 
 
 @pytest.fixture()
@@ -176,9 +173,7 @@ def test_bert_mlm_growth_uses_the_checkpoint_tokenizer(corpus, tmp_path):
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = transformers.BertTokenizer(vocab_file=str(tmp_path / "vocab.txt"))
     tok.save_pretrained(tmp_path / "tok")
-    cfg = ModelConfig(
-        arch="bert", vocab_size=len(tok), n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32
-    )
+    cfg = ModelConfig(arch="bert", vocab_size=len(tok), n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
     torch.manual_seed(0)
     small = save_hf_folder(Transformer(cfg), cfg, tmp_path / "bert_small", tokenizer_from=tmp_path / "tok")
     out = run(
@@ -212,9 +207,7 @@ def test_depth_coefficients_take_their_own_learning_rate(corpus, small_ckpt, tmp
     gradients; zero gradients, here the depth coefficients of the all-zero fresh biases, do not move)."""
     from growth.train import GrowTrainer
 
-    cfg = _cfg(
-        corpus, small_ckpt, tmp_path / "r", "--ligo.lr=1e-5", "--ligo.depth_lr=1e-2", "--ligo.warmup_steps=0"
-    )
+    cfg = _cfg(corpus, small_ckpt, tmp_path / "r", "--ligo.lr=1e-5", "--ligo.depth_lr=1e-2", "--ligo.warmup_steps=0")
     tr = GrowTrainer(cfg, log=False)
     before = {n: p.detach().clone() for n, p in tr.op.named_parameters()}
     tr.step()

@@ -42,9 +42,7 @@ def _perturbed(cfg: ModelConfig, seed=0) -> Transformer:
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_grown_checkpoint_we_write_loads_in_transformers_with_same_logits(name, tmp_path):
-    src = ModelConfig(
-        vocab_size=50, n_layers=2, d_model=16, n_heads=4, d_ff=32, max_seq_len=16, **CONFIGS[name]
-    )
+    src = ModelConfig(vocab_size=50, n_layers=2, d_model=16, n_heads=4, d_ff=32, max_seq_len=16, **CONFIGS[name])
     small = _perturbed(src)
     tgt = target_config(src, "layers=3,d_model=32,heads=8,ffn=48")
     big = materialize(LigoOperator(small.state_dict(), src, tgt, LigoConfig(noise=0.02))).eval()

@@ -18,9 +18,7 @@ FAMILIES = {
 
 
 def small_model(name: str, seed: int = 0) -> tuple[ModelConfig, Transformer]:
-    cfg = ModelConfig(
-        vocab_size=40, n_layers=2, d_model=16, n_heads=4, d_ff=32, max_seq_len=12, **FAMILIES[name]
-    )
+    cfg = ModelConfig(vocab_size=40, n_layers=2, d_model=16, n_heads=4, d_ff=32, max_seq_len=12, **FAMILIES[name])
     torch.manual_seed(seed)
     m = Transformer(cfg).eval()
     with torch.no_grad():  # move away from the init so norms/biases are not trivially 1/0
@@ -158,8 +156,7 @@ def test_per_layer_width_operators_follow_the_paper(family):
         torch.testing.assert_close(g[f"layers.{i}.down.weight"], want, rtol=1e-5, atol=1e-5)
     Wq = [m.layers[j].q.weight.detach() for j in range(src.n_layers)]
     want = sum(
-        w_ij * per.matrix("q")[j] @ Wq[j] @ per.matrix("emb_in").t()
-        for j, w_ij in enumerate(per.depth["q__weight"][1])
+        w_ij * per.matrix("q")[j] @ Wq[j] @ per.matrix("emb_in").t() for j, w_ij in enumerate(per.depth["q__weight"][1])
     )
     torch.testing.assert_close(g["layers.1.q.weight"], want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(per.matrix("q")[0], per.matrix("q")[1])

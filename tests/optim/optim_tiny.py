@@ -22,8 +22,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = (f(x).view(b, t, self.n_heads, -1).transpose(1, 2) for f in (self.q_proj, self.k_proj,
-                                                                                 self.v_proj))
+        q, k, v = (f(x).view(b, t, self.n_heads, -1).transpose(1, 2) for f in (self.q_proj, self.k_proj, self.v_proj))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
 

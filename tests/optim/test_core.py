@@ -146,7 +146,7 @@ def test_per_layer_mode_equals_normal_step(name, accum):
     opt_b = build_optimizer(b, _cfg(name, per_layer=True))
     assert opt_b.per_layer
     for i in range(0, len(data), accum):
-        for j, batch in enumerate(data[i:i + accum]):
+        for j, batch in enumerate(data[i : i + accum]):
             (loss_fn(a, batch) / accum).backward()
             opt_b.step_in_backward = j == accum - 1
             (loss_fn(b, batch) / accum).backward()
@@ -165,8 +165,9 @@ class ConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(3, 8, 3, padding=1)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 3, padding=1),
-                                                  nn.SiLU()) for _ in range(2))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 3, padding=1), nn.SiLU()) for _ in range(2)
+        )
         self.attn = nn.ModuleList([nn.MultiheadAttention(8, 2, batch_first=True)])
         self.head = nn.Linear(8, 4)
 
@@ -183,10 +184,10 @@ def test_selection_by_module_type_includes_conv_and_blocks_only():
     net = ConvNet()
     chosen = low_rank_params(net, "blocks", include_conv=True)
     names = {n for n, p in net.named_parameters() if id(p) in chosen}
-    assert names == {"blocks.0.1.weight", "blocks.1.1.weight", "attn.0.in_proj_weight",
-                     "attn.0.out_proj.weight"}
-    assert "blocks.0.1.weight" not in {n for n, p in net.named_parameters()
-                                      if id(p) in low_rank_params(net, "blocks", include_conv=False)}
+    assert names == {"blocks.0.1.weight", "blocks.1.1.weight", "attn.0.in_proj_weight", "attn.0.out_proj.weight"}
+    assert "blocks.0.1.weight" not in {
+        n for n, p in net.named_parameters() if id(p) in low_rank_params(net, "blocks", include_conv=False)
+    }
     every = {n for n, p in net.named_parameters() if id(p) in low_rank_params(net, "all_linear")}
     assert {"conv_in.weight", "head.weight"} <= every
 
@@ -230,12 +231,15 @@ def test_build_optimizer_needs_the_model_for_low_rank_selection():
     assert opt.param_groups[0]["low_rank"]
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(name="sgd"), "choose one of"),
-    (dict(rank=0), "rank"),
-    (dict(name="adamw", per_layer=True), "per_layer"),
-    (dict(update_proj_gap=0), "update_proj_gap"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(name="sgd"), "choose one of"),
+        (dict(rank=0), "rank"),
+        (dict(name="adamw", per_layer=True), "per_layer"),
+        (dict(update_proj_gap=0), "update_proj_gap"),
+    ],
+)
 def test_bad_config_names_the_fix(kw, msg):
     with pytest.raises(ValueError, match=msg):
         OptimConfig(**kw)

@@ -34,9 +34,11 @@ def test_galore_matches_galore_torch(wd):
     cfg = OptimConfig(name="galore", lr=1e-2, rank=4, update_proj_gap=7, weight_decay=wd)
     opt = build_optimizer(a.named_parameters(), cfg)
     assert sum(len(g["params"]) for g in opt.param_groups if g["low_rank"]) == 12  # 6 Linear x 2 blocks
-    ref = galore_torch.GaLoreAdamW(_ref_groups(opt, a, b, {"rank": 4, "update_proj_gap": 7, "scale": 0.25,
-                                                          "proj_type": "std"}),
-                                   lr=1e-2, no_deprecation_warning=True)
+    ref = galore_torch.GaLoreAdamW(
+        _ref_groups(opt, a, b, {"rank": 4, "update_proj_gap": 7, "scale": 0.25, "proj_type": "std"}),
+        lr=1e-2,
+        no_deprecation_warning=True,
+    )
     data = batches(STEPS)
     train(a, opt, data)
     train(b, ref, data)
@@ -49,12 +51,18 @@ def test_apollo_matches_apollo_torch(variant):
     a, b = make_pair()
     name = "apollo" if variant == "apollo" else "apollo_mini"
     front = variant.endswith("front")
-    cfg = OptimConfig(name=name, lr=1e-2, rank=4 if name == "apollo" else None, update_proj_gap=7,
-                      weight_decay=0.1, scale_front=front)
+    cfg = OptimConfig(
+        name=name, lr=1e-2, rank=4 if name == "apollo" else None, update_proj_gap=7, weight_decay=0.1, scale_front=front
+    )
     opt = build_optimizer(a, cfg)
-    keys = {"rank": cfg.resolved_rank, "proj": "random",
-            "scale_type": "channel" if name == "apollo" else "tensor",
-            "scale": cfg.resolved_scale, "update_proj_gap": 7, "proj_type": "std"}
+    keys = {
+        "rank": cfg.resolved_rank,
+        "proj": "random",
+        "scale_type": "channel" if name == "apollo" else "tensor",
+        "scale": cfg.resolved_scale,
+        "update_proj_gap": 7,
+        "proj_type": "std",
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = apollo_torch.APOLLOAdamW(_ref_groups(opt, a, b, keys), lr=1e-2, scale_front=front)
@@ -71,8 +79,7 @@ def test_adam_mini_matches_adam_mini():
     blocks = {n: opt.state[p]["blocks"] for n, p in a.named_parameters()}
     assert blocks["blocks.0.attn.q_proj.weight"] == HEADS and blocks["blocks.0.attn.v_proj.weight"] == DIM
     assert blocks["blocks.0.mlp.fc1.bias"] == 64 and blocks["norm_f.weight"] == 1
-    ref = adam_mini.Adam_mini(b.named_parameters(), lr=1e-2, weight_decay=0.1, dim=DIM, n_heads=HEADS,
-                              verbose=False)
+    ref = adam_mini.Adam_mini(b.named_parameters(), lr=1e-2, weight_decay=0.1, dim=DIM, n_heads=HEADS, verbose=False)
     data = batches(STEPS)
     train(a, opt, data)
     train(b, ref, data)
@@ -86,11 +93,17 @@ def test_flora_matches_flora_opt(scale_parameter):
     from flora_opt.optimizers.torch import Flora as RefFlora
 
     a, b = make_pair()
-    cfg = OptimConfig(name="flora", lr=1e-2, rank=4, kappa=7, weight_decay=0.1,
-                      scale_parameter=scale_parameter)
+    cfg = OptimConfig(name="flora", lr=1e-2, rank=4, kappa=7, weight_decay=0.1, scale_parameter=scale_parameter)
     opt = build_optimizer(a, cfg)
-    ref = RefFlora(_ref_groups(opt, a, b, {}), lr=1e-2, rank=4, kappa=7, beta1=0.9, weight_decay=0.1,
-                   scale_parameter=scale_parameter)
+    ref = RefFlora(
+        _ref_groups(opt, a, b, {}),
+        lr=1e-2,
+        rank=4,
+        kappa=7,
+        beta1=0.9,
+        weight_decay=0.1,
+        scale_parameter=scale_parameter,
+    )
     # the reference decides compression by shape: the block matrices (aspect <= 4), not embed/lm_head
     data = batches(STEPS)
     train(a, opt, data)

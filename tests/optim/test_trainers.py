@@ -20,18 +20,30 @@ class _Stop(Exception):
 
 
 def _cfg(run_dir, name: str) -> LMConfig:
-    optim = OptimConfig(name=name, lr=3e-3, weight_decay=0.1, update_proj_gap=2, kappa=2,
-                        rank=None if name in ("apollo_mini", "adam_mini") else 4)
-    return LMConfig(run=RunConfig(dir=str(run_dir), device="cpu", seed=3, log_every=1, tensorboard=False),
-                    model=GPTConfig(n_layers=2, d_model=32, n_heads=2, seq_len=16),
-                    data=TextDataConfig(batch_size=4), train=LoopConfig(steps=5, grad_accum=1, grad_clip=1.0),
-                    optim=optim, ckpt=CheckpointConfig(every=2, keep=2), ema=EMAConfig())
+    optim = OptimConfig(
+        name=name,
+        lr=3e-3,
+        weight_decay=0.1,
+        update_proj_gap=2,
+        kappa=2,
+        rank=None if name in ("apollo_mini", "adam_mini") else 4,
+    )
+    return LMConfig(
+        run=RunConfig(dir=str(run_dir), device="cpu", seed=3, log_every=1, tensorboard=False),
+        model=GPTConfig(n_layers=2, d_model=32, n_heads=2, seq_len=16),
+        data=TextDataConfig(batch_size=4),
+        train=LoopConfig(steps=5, grad_accum=1, grad_clip=1.0),
+        optim=optim,
+        ckpt=CheckpointConfig(every=2, keep=2),
+        ema=EMAConfig(),
+    )
 
 
 def _run(cfg, stop_at: int | None = None):
     def cb(trainer, step):
         if step == stop_at:
             raise _Stop
+
     trainer, _ = build_trainer(cfg, callbacks=[cb])
     try:
         trainer.fit()

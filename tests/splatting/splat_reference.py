@@ -12,8 +12,18 @@ import torch
 from splatting.render.torch_raster import DEFAULT_SETTINGS, RasterSettings, tile_bounds
 
 
-def reference_render(means2d, conics, opacities, colors, radii, depths, width, height, background=None,
-                     settings: RasterSettings = DEFAULT_SETTINGS):
+def reference_render(
+    means2d,
+    conics,
+    opacities,
+    colors,
+    radii,
+    depths,
+    width,
+    height,
+    background=None,
+    settings: RasterSettings = DEFAULT_SETTINGS,
+):
     """[N, 2], [N, 3], [N], [N, D], [N, 2], [N] -> image [H, W, D], alpha [H, W, 1]."""
     ts = settings.tile_size
     tiles_x, tiles_y = -(-width // ts), -(-height // ts)

@@ -12,8 +12,9 @@ from splatting.train import LRConfig, make_optimizers
 
 def _setup(n=20, seed=0):
     g = torch.Generator().manual_seed(seed)
-    params = init_gaussians(torch.randn(n, 3, generator=g), torch.rand(n, 3, generator=g), sh_degree=1,
-                            init_opacity=0.9)
+    params = init_gaussians(
+        torch.randn(n, 3, generator=g), torch.rand(n, 3, generator=g), sh_degree=1, init_opacity=0.9
+    )
     return params, make_optimizers(params, LRConfig(), 1.0)
 
 
@@ -22,8 +23,13 @@ def _fake_info(n, grad_norm_px):
     means2d = torch.zeros(1, n, 2, requires_grad=True)
     means2d.grad = torch.zeros(1, n, 2)
     means2d.grad[0, :, 0] = grad_norm_px
-    return {"means2d": means2d, "radii": torch.ones(1, n, 2, dtype=torch.int32), "width": 2, "height": 2,
-            "n_cameras": 1}
+    return {
+        "means2d": means2d,
+        "radii": torch.ones(1, n, 2, dtype=torch.int32),
+        "width": 2,
+        "height": 2,
+        "n_cameras": 1,
+    }
 
 
 def test_opacity_reset_happens_at_configured_steps():
@@ -63,7 +69,7 @@ def test_grow_and_prune_keep_params_optimizer_and_state_aligned():
     params, opts = _setup(n)
     with torch.no_grad():
         params["scales"][:10] = -6.0  # small -> cloned
-        params["scales"][10:] = 0.0   # large (1.0 > 0.01 x scene) -> split
+        params["scales"][10:] = 0.0  # large (1.0 > 0.01 x scene) -> split
         params["opacities"][0] = -10.0  # below prune_opa -> pruned after cloning
     (sum(p.sum() for p in params.values())).backward()
     for o in opts.values():

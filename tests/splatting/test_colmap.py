@@ -17,8 +17,15 @@ from splatting.synthetic import write_colmap_scene  # noqa: E402
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("colmap_scene")
-    truth = write_colmap_scene(d, n_views=10, width=32, height=24, n_gaussians=60, n_points=40,
-                               models=("PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"))
+    truth = write_colmap_scene(
+        d,
+        n_views=10,
+        width=32,
+        height=24,
+        n_gaussians=60,
+        n_points=40,
+        models=("PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"),
+    )
     return d, truth
 
 
@@ -45,8 +52,9 @@ def test_binary_model_round_trips_cameras_poses_and_points(scene_dir):
 
 
 def test_text_model_in_sparse_root_round_trips(tmp_path):
-    truth = write_colmap_scene(tmp_path, n_views=4, width=24, height=16, n_gaussians=30, n_points=20,
-                               binary=False, sparse_subdir="sparse")
+    truth = write_colmap_scene(
+        tmp_path, n_views=4, width=24, height=16, n_gaussians=30, n_points=20, binary=False, sparse_subdir="sparse"
+    )
     assert (tmp_path / "sparse" / "cameras.txt").exists()
     _check_round_trip(load_scene(tmp_path, normalize=False, test_every=0), truth)
 
@@ -80,8 +88,7 @@ def test_distortion_model_matches_pycolmap():
     xy = torch.rand(20, 2, dtype=torch.float64) - 0.5
     ours = distort_points("OPENCV", (0.1, -0.05, 0.01, -0.02), xy)
     ref = cam.img_from_cam(np.concatenate([xy.numpy(), np.ones((20, 1))], axis=1))
-    ours_px = ours * torch.tensor([100.0, 90.0], dtype=torch.float64) + torch.tensor([32.0, 24.0],
-                                                                                    dtype=torch.float64)
+    ours_px = ours * torch.tensor([100.0, 90.0], dtype=torch.float64) + torch.tensor([32.0, 24.0], dtype=torch.float64)
     np.testing.assert_allclose(ours_px.numpy(), ref, atol=1e-9)
 
 
@@ -103,8 +110,7 @@ def test_missing_image_folder_and_missing_images_are_named(scene_dir, tmp_path):
 
 
 def test_unsupported_camera_model_lists_supported_ones(tmp_path):
-    write_colmap_scene(tmp_path, n_views=2, width=16, height=16, n_gaussians=10, n_points=5,
-                       models=("FULL_OPENCV",))
+    write_colmap_scene(tmp_path, n_views=2, width=16, height=16, n_gaussians=10, n_points=5, models=("FULL_OPENCV",))
     with pytest.raises(SceneError, match="FULL_OPENCV.*not supported.*SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL"):
         load_scene(tmp_path)
 

@@ -32,8 +32,19 @@ def _fast_and_reference(n, seed, width, height, settings, dtype=torch.float64, b
     viewmats, Ks = _camera(width, height, dtype)
     bg = torch.tensor([0.2, 0.5, 0.9], dtype=dtype) if background else None
     leaves = [t.requires_grad_() for t in (means, quats, scales, opac, cols)]
-    img, alpha, info = rasterize(means, quats, scales, opac, cols, viewmats, Ks, width, height,
-                                 backgrounds=None if bg is None else bg[None], settings=settings)
+    img, alpha, info = rasterize(
+        means,
+        quats,
+        scales,
+        opac,
+        cols,
+        viewmats,
+        Ks,
+        width,
+        height,
+        backgrounds=None if bg is None else bg[None],
+        settings=settings,
+    )
     w = torch.randn(img.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype)
     loss = (img * w).sum() + (alpha * w[..., :1]).sum()
     g_fast = torch.autograd.grad(loss, leaves)
@@ -44,15 +55,17 @@ def _fast_and_reference(n, seed, width, height, settings, dtype=torch.float64, b
     return (img[0], alpha[0], g_fast), (ref_img, ref_alpha, g_ref), info
 
 
-@pytest.mark.parametrize("seed,n,tile,chunk,opac_lo", [
-    (0, 60, 16, 1 << 22, 0.01),   # one chunk
-    (1, 80, 8, 3000, 0.01),       # many small chunks, 8-pixel tiles
-    (2, 120, 16, 5000, 0.9),      # nearly opaque: early termination (T <= 1e-4) and alpha clamp matter
-])
+@pytest.mark.parametrize(
+    "seed,n,tile,chunk,opac_lo",
+    [
+        (0, 60, 16, 1 << 22, 0.01),  # one chunk
+        (1, 80, 8, 3000, 0.01),  # many small chunks, 8-pixel tiles
+        (2, 120, 16, 5000, 0.9),  # nearly opaque: early termination (T <= 1e-4) and alpha clamp matter
+    ],
+)
 def test_images_and_gradients_match_bruteforce_reference(seed, n, tile, chunk, opac_lo):
     settings = RasterSettings(tile_size=tile, chunk_elems=chunk)
-    (img, alpha, g), (ref, ref_alpha, g_ref), info = _fast_and_reference(n, seed, 37, 29, settings,
-                                                                         opac_lo=opac_lo)
+    (img, alpha, g), (ref, ref_alpha, g_ref), info = _fast_and_reference(n, seed, 37, 29, settings, opac_lo=opac_lo)
     assert info["n_isects"] > n  # Gaussians overlap several tiles
     assert (img - ref).abs().max() < 1e-4
     assert (alpha - ref_alpha).abs().max() < 1e-4
@@ -78,8 +91,7 @@ def test_saturated_tiles_leave_early_without_changing_images_or_gradients(monkey
 
     monkeypatch.setattr(torch_raster._Composite, "forward", staticmethod(spy))
     settings = RasterSettings(tile_size=4, k_block=2, store_elems=store)
-    (img, alpha, g), (ref, ref_alpha, g_ref), _ = _fast_and_reference(300, 4, 80, 64, settings, opac_lo=0.9,
-                                                                     spread=0.4)
+    (img, alpha, g), (ref, ref_alpha, g_ref), _ = _fast_and_reference(300, 4, 80, 64, settings, opac_lo=0.9, spread=0.4)
     assert sum(drops) >= 5 and max(drops) >= 2, drops  # several chunks drop tiles, some more than once
     # float64: exact up to rounding (replaying a drop one block early in the backward gives 2e-5 relative)
     assert (img - ref).abs().max() < 1e-9
@@ -91,8 +103,9 @@ def test_saturated_tiles_leave_early_without_changing_images_or_gradients(monkey
 
 def test_float32_matches_reference_and_early_stop_is_exercised():
     settings = RasterSettings(tile_size=16, chunk_elems=1 << 16)
-    (img, alpha, g), (ref, ref_alpha, g_ref), _ = _fast_and_reference(150, 3, 33, 21, settings, torch.float32,
-                                                                     background=False, opac_lo=0.95, spread=0.3)
+    (img, alpha, g), (ref, ref_alpha, g_ref), _ = _fast_and_reference(
+        150, 3, 33, 21, settings, torch.float32, background=False, opac_lo=0.95, spread=0.3
+    )
     assert (ref_alpha > 1 - 2e-4).any()  # some pixels reached the transmittance floor
     assert (img - ref).abs().max() < 1e-4
     for a, b in zip(g, g_ref):
@@ -103,8 +116,21 @@ def test_tile_size_chunking_and_depth_blocks_do_not_change_the_image():
     means, quats, scales, opac, cols = _scene(200, 5, torch.float64, opac_lo=0.5)
     viewmats, Ks = _camera(50, 40)
     setups = [(16, 1 << 22, 32), (8, 999, 4), (4, 1 << 14, 1), (16, 1 << 22, 1024)]
-    outs = [rasterize(means, quats, scales, opac, cols, viewmats, Ks, 50, 40,
-                      settings=RasterSettings(tile_size=t, chunk_elems=c, k_block=kb))[0] for t, c, kb in setups]
+    outs = [
+        rasterize(
+            means,
+            quats,
+            scales,
+            opac,
+            cols,
+            viewmats,
+            Ks,
+            50,
+            40,
+            settings=RasterSettings(tile_size=t, chunk_elems=c, k_block=kb),
+        )[0]
+        for t, c, kb in setups
+    ]
     for other in outs[1:]:
         assert (outs[0] - other).abs().max() < 1e-12
 
@@ -155,8 +181,9 @@ def test_sh_matches_gsplat_torch_impl():
     dirs = torch.randn(64, 3, generator=g, dtype=torch.float64)
     coeffs = torch.randn(64, 16, 3, generator=g, dtype=torch.float64)
     for degree in range(4):
-        assert torch.allclose(impl._spherical_harmonics(degree, dirs, coeffs), sh_to_color(degree, dirs, coeffs),
-                              atol=1e-12)
+        assert torch.allclose(
+            impl._spherical_harmonics(degree, dirs, coeffs), sh_to_color(degree, dirs, coeffs), atol=1e-12
+        )
 
 
 @pytest.mark.gpu

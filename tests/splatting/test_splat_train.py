@@ -22,11 +22,24 @@ def scene(tmp_path_factory):
 
 
 def _cfg(scene, run_dir, steps=14, **extra):
-    overrides = [f"--data.root={scene}", "--data.factor=1", f"--run.dir={run_dir}", f"--steps={steps}",
-                 "--sh_degree=1", "--sh_degree_interval=5", "--strategy.refine_start=3",
-                 "--strategy.refine_every=3", "--strategy.reset_every=7", "--strategy.grow_grad2d=1e-6",
-                 "--ckpt.every=100", "--run.log_every=1", "--render.tile_size=8", "--export_ply=false",
-                 "--render.background=random", "--run.threads=1"]
+    overrides = [
+        f"--data.root={scene}",
+        "--data.factor=1",
+        f"--run.dir={run_dir}",
+        f"--steps={steps}",
+        "--sh_degree=1",
+        "--sh_degree_interval=5",
+        "--strategy.refine_start=3",
+        "--strategy.refine_every=3",
+        "--strategy.reset_every=7",
+        "--strategy.grow_grad2d=1e-6",
+        "--ckpt.every=100",
+        "--run.log_every=1",
+        "--render.tile_size=8",
+        "--export_ply=false",
+        "--render.background=random",
+        "--run.threads=1",
+    ]
     overrides += [f"--{k}={v}" for k, v in extra.items()]
     return load_config(TrainConfig, None, overrides)
 
@@ -65,8 +78,9 @@ def test_steepgs_densifies_differently_from_adc_and_logs_the_gaussian_count(scen
 
 def test_training_improves_test_psnr(scene, tmp_path):
     short = train(_cfg(scene, tmp_path / "s", steps=1, **{"strategy.refine_start": 1000}))
-    longer = train(_cfg(scene, tmp_path / "l", steps=150, **{"strategy.refine_start": 1000,
-                                                             "render.background": "white"}))
+    longer = train(
+        _cfg(scene, tmp_path / "l", steps=150, **{"strategy.refine_start": 1000, "render.background": "white"})
+    )
     assert longer["test"]["psnr"] > short["test"]["psnr"] + 2.0
 
 
@@ -163,10 +177,14 @@ def test_regularizers_add_their_closed_form_to_loss_and_gradient():
     from splatting.train import training_loss
 
     g = torch.Generator().manual_seed(0)
-    params = {"opacities": torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True),
-              "scales": torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)}
-    img, gt = torch.rand(16, 16, 3, generator=g, dtype=torch.float64), torch.rand(16, 16, 3, generator=g,
-                                                                                    dtype=torch.float64)
+    params = {
+        "opacities": torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True),
+        "scales": torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True),
+    }
+    img, gt = (
+        torch.rand(16, 16, 3, generator=g, dtype=torch.float64),
+        torch.rand(16, 16, 3, generator=g, dtype=torch.float64),
+    )
     base, l1 = training_loss(img, gt, params, TrainConfig())
     assert float(l1) == pytest.approx(float((img - gt).abs().mean()))
     cfg = TrainConfig(opacity_reg=0.3, scale_reg=0.05)

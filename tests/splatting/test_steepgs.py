@@ -19,8 +19,18 @@ def _camera():
 
 def _render(means, log_scales, quats, opac_logit, colors):
     viewmats, Ks = _camera()
-    img, _, info = rasterize(means, quats, torch.exp(log_scales), torch.sigmoid(opac_logit), colors, viewmats, Ks,
-                             W, H, backgrounds=torch.zeros(1, 3))
+    img, _, info = rasterize(
+        means,
+        quats,
+        torch.exp(log_scales),
+        torch.sigmoid(opac_logit),
+        colors,
+        viewmats,
+        Ks,
+        W,
+        H,
+        backgrounds=torch.zeros(1, 3),
+    )
     info["viewmats"], info["Ks"] = viewmats, Ks
     return img, info
 
@@ -34,13 +44,15 @@ def _two_blob_target():
 
 
 def _one_wide_gaussian():
-    return torch.nn.ParameterDict({
-        "means": torch.nn.Parameter(torch.tensor([[0.0, 0.0, 4.0]])),
-        "scales": torch.nn.Parameter(torch.tensor([[0.6, 0.3, 0.3]]).log()),  # 3 px wide: between the blobs
-        "quats": torch.nn.Parameter(torch.tensor([[1.0, 0, 0, 0]])),
-        "opacities": torch.nn.Parameter(torch.tensor([0.5])),
-        "colors": torch.nn.Parameter(torch.ones(1, 3)),
-    })
+    return torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(torch.tensor([[0.0, 0.0, 4.0]])),
+            "scales": torch.nn.Parameter(torch.tensor([[0.6, 0.3, 0.3]]).log()),  # 3 px wide: between the blobs
+            "quats": torch.nn.Parameter(torch.tensor([[1.0, 0, 0, 0]])),
+            "opacities": torch.nn.Parameter(torch.tensor([0.5])),
+            "colors": torch.nn.Parameter(torch.ones(1, 3)),
+        }
+    )
 
 
 def _loss(params, target):
@@ -99,8 +111,10 @@ def test_split_along_v_min_lowers_the_loss_more_than_random_directions():
         p = {k: t.detach() for k, t in params.items()}
         child = {
             "means": torch.cat([p["means"] + length * direction, p["means"] - length * direction]),
-            "scales": p["scales"].repeat(2, 1), "quats": p["quats"].repeat(2, 1),
-            "opacities": torch.logit(0.5 * torch.sigmoid(p["opacities"])).repeat(2), "colors": p["colors"].repeat(2, 1),
+            "scales": p["scales"].repeat(2, 1),
+            "quats": p["quats"].repeat(2, 1),
+            "opacities": torch.logit(0.5 * torch.sigmoid(p["opacities"])).repeat(2),
+            "colors": p["colors"].repeat(2, 1),
         }
         return _loss(child, target)[0].item()
 
@@ -117,12 +131,14 @@ def test_split_along_v_min_lowers_the_loss_more_than_random_directions():
 
 def test_children_opacity_scales_and_optimizer_rows():
     g = torch.Generator().manual_seed(0)
-    params = torch.nn.ParameterDict({
-        "means": torch.nn.Parameter(torch.randn(3, 3, generator=g)),
-        "scales": torch.nn.Parameter(torch.randn(3, 3, generator=g) * 0.1 - 2),
-        "quats": torch.nn.Parameter(torch.randn(3, 4, generator=g)),
-        "opacities": torch.nn.Parameter(torch.randn(3, generator=g)),
-    })
+    params = torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(torch.randn(3, 3, generator=g)),
+            "scales": torch.nn.Parameter(torch.randn(3, 3, generator=g) * 0.1 - 2),
+            "quats": torch.nn.Parameter(torch.randn(3, 4, generator=g)),
+            "opacities": torch.nn.Parameter(torch.randn(3, generator=g)),
+        }
+    )
     optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
     for p in params.values():
         p.grad = torch.ones_like(p)
@@ -132,8 +148,14 @@ def test_children_opacity_scales_and_optimizer_rows():
     moments = {k: optimizers[k].state[params[k]]["exp_avg"].clone() for k in params}
     state = {"grad2d": torch.tensor([1.0, 2.0, 3.0]), "count": torch.ones(3), "S": torch.zeros(3, 3, 3)}
     directions = torch.nn.functional.normalize(torch.randn(3, 3, generator=g), dim=-1)
-    steepest_split(params, optimizers, state, torch.tensor([False, True, False]), directions,
-                   generator=torch.Generator().manual_seed(1))
+    steepest_split(
+        params,
+        optimizers,
+        state,
+        torch.tensor([False, True, False]),
+        directions,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert len(params["means"]) == 4
     kept, children = [0, 2], [2, 3]  # survivors first, then the two children
     assert torch.equal(params["means"][:2], before["means"][kept])
@@ -142,8 +164,9 @@ def test_children_opacity_scales_and_optimizer_rows():
     torch.testing.assert_close(torch.nn.functional.normalize(c0, dim=0), directions[1])
     torch.testing.assert_close(torch.nn.functional.normalize(c1, dim=0), -directions[1])
     torch.testing.assert_close(torch.exp(params["scales"][children]), torch.exp(before["scales"][1]).expand(2, 3) / 1.6)
-    torch.testing.assert_close(torch.sigmoid(params["opacities"][children]),
-                               (0.5 * torch.sigmoid(before["opacities"][1])).expand(2))
+    torch.testing.assert_close(
+        torch.sigmoid(params["opacities"][children]), (0.5 * torch.sigmoid(before["opacities"][1])).expand(2)
+    )
     torch.testing.assert_close(params["quats"][children], before["quats"][1].expand(2, 4))
     for k in params:
         st = optimizers[k].state[params[k]]
@@ -168,14 +191,17 @@ def test_second_order_prediction_matches_the_loss_change_of_a_split(eps):
 
     def split_loss(offset):
         p = {k: t.detach() for k, t in params.items()}
-        children = {"means": torch.cat([p["means"] + offset * v, p["means"] - offset * v]),
-                    "scales": p["scales"].repeat(2, 1), "quats": p["quats"].repeat(2, 1),
-                    "opacities": torch.logit(0.5 * torch.sigmoid(p["opacities"])).repeat(2),
-                    "colors": p["colors"].repeat(2, 1)}
+        children = {
+            "means": torch.cat([p["means"] + offset * v, p["means"] - offset * v]),
+            "scales": p["scales"].repeat(2, 1),
+            "quats": p["quats"].repeat(2, 1),
+            "opacities": torch.logit(0.5 * torch.sigmoid(p["opacities"])).repeat(2),
+            "colors": p["colors"].repeat(2, 1),
+        }
         return _loss(children, target)[0].item()
 
     actual = split_loss(eps) - split_loss(0.0)
-    predicted = 0.5 * eps ** 2 * lam.item()
+    predicted = 0.5 * eps**2 * lam.item()
     assert predicted < 0 and 0.7 < actual / predicted < 1.3
 
 
@@ -194,9 +220,13 @@ def test_min_decrease_keeps_only_splits_predicted_to_lower_the_loss_enough():
 
 
 def test_opacity_halving_can_be_turned_off():
-    params = torch.nn.ParameterDict({"means": torch.nn.Parameter(torch.zeros(1, 3)),
-                                     "scales": torch.nn.Parameter(torch.zeros(1, 3)),
-                                     "opacities": torch.nn.Parameter(torch.tensor([0.7]))})
+    params = torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(torch.zeros(1, 3)),
+            "scales": torch.nn.Parameter(torch.zeros(1, 3)),
+            "opacities": torch.nn.Parameter(torch.tensor([0.7])),
+        }
+    )
     steepest_split(params, {}, {}, torch.tensor([True]), torch.tensor([[1.0, 0, 0]]), halve_opacity=False)
     torch.testing.assert_close(params["opacities"].detach(), torch.tensor([0.7, 0.7]))
 
@@ -229,8 +259,18 @@ def test_both_renderers_pick_the_same_candidates():
     picks = {}
     for backend in ("torch", "gsplat"):
         p = {k: v.cuda().requires_grad_(True) for k, v in base.items()}
-        img, _, info = render(p["means"], p["quats"], p["scales"], p["opacities"], p["colors"], viewmats.cuda(),
-                              Ks.cuda(), W, H, backend=backend)
+        img, _, info = render(
+            p["means"],
+            p["quats"],
+            p["scales"],
+            p["opacities"],
+            p["colors"],
+            viewmats.cuda(),
+            Ks.cuda(),
+            W,
+            H,
+            backend=backend,
+        )
         strategy = SteepGSStrategy(grow_grad2d=0.0)
         state = strategy.initialize_state()
         strategy.step_pre_backward(p, {}, state, 0, info)

@@ -19,8 +19,7 @@ H = W = 16
 
 
 def _pixels() -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
     return torch.stack([xs + 0.5, ys + 0.5], -1)  # [H, W, 2] pixel centres
 
 
@@ -84,8 +83,9 @@ def test_exact_splitting_matrix_equals_brute_force_hessian_sum(n):
 def test_projection_jacobian_matches_autograd():
     g = torch.Generator().manual_seed(0)
     angle = 0.3
-    R = torch.tensor([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]],
-                     dtype=torch.float64)
+    R = torch.tensor(
+        [[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]], dtype=torch.float64
+    )
     T = torch.tensor([0.1, -0.2, 4.0], dtype=torch.float64)
     fx, fy = 50.0, 60.0
     p = torch.randn(5, 3, generator=g, dtype=torch.float64)
@@ -123,8 +123,9 @@ def _two_blob_scene():
 
 def _split_loss(means, conics, opac, colors, target, bg, direction, eps):
     m = torch.cat([means + eps * direction, means - eps * direction])
-    return _loss(_composite(_alphas(m, conics.repeat(2, 1), opac.repeat(2) / 2), colors.repeat(2, 1), bg),
-                 target).item()
+    return _loss(
+        _composite(_alphas(m, conics.repeat(2, 1), opac.repeat(2) / 2), colors.repeat(2, 1), bg), target
+    ).item()
 
 
 def test_gaussian_at_saddle_is_detected_and_split_along_v_min_beats_random():
