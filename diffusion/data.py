@@ -20,6 +20,7 @@ from torch import Tensor
 
 from diffusion.patches import PatchConfig, batch_multiplier, draw_patch_size, random_crops
 from genai_train.data import ShardedBatchSampler
+from genai_train.run import path_field
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -28,21 +29,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 class DataConfig:
     """Where the training images come from and how they are prepared."""
 
-    root: str = field(default="", metadata={"help": "folder of images (searched recursively)"})
+    root: str = path_field("", "folder of images (searched recursively)")
     resolution: int = field(
         default=64, metadata={"help": "training side R in pixels (images are resized + centre-cropped)"}
     )
-    channels: int = field(
-        default=3, metadata={"help": "3 = RGB, 1 = grayscale (the UNet takes channels + 2 inputs)"}
-    )
+    channels: int = field(default=3, metadata={"help": "3 = RGB, 1 = grayscale (the UNet takes channels + 2 inputs)"})
     background: tuple[int, int, int] = field(
         default=(255, 255, 255), metadata={"help": "RGB colour transparent pixels are composited onto"}
     )
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     batch_size: int = field(default=64, metadata={"help": "images per step at full size (per process)"})
-    cache_dir: str = field(
-        default="", metadata={"help": "also keep the decoded tensor here ('' = memory only)"}
-    )
+    cache_dir: str = path_field("", "also keep the decoded tensor here ('' = memory only)")
 
     def __post_init__(self) -> None:
         if self.resolution < 4:
@@ -128,9 +125,7 @@ def _png_16bit_colour(path: Path) -> bool:
     return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
 
 
-def _read_png_16bit(
-    path: Path, background: tuple[int, int, int], channels: int, report: LoadReport
-) -> np.ndarray:
+def _read_png_16bit(path: Path, background: tuple[int, int, int], channels: int, report: LoadReport) -> np.ndarray:
     """16-bit RGB(A) PNG at full precision via pypng -> float32 [H, W, C] in [0, 1]."""
     import png  # pypng: pure Python, reads 16-bit colour PNGs
 
@@ -154,9 +149,7 @@ def _resize_center_crop(arr: np.ndarray, resolution: int) -> np.ndarray:
     s = resolution / min(h, w)
     nh, nw = max(resolution, round(h * s)), max(resolution, round(w * s))
     if (nh, nw) != (h, w):
-        t = torch.nn.functional.interpolate(
-            t, size=(nh, nw), mode="bicubic", antialias=s < 1, align_corners=False
-        )
+        t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="bicubic", antialias=s < 1, align_corners=False)
     top, left = (nh - resolution) // 2, (nw - resolution) // 2
     return t[0, :, top : top + resolution, left : left + resolution].clamp(0, 1).numpy()  # [C, R, R]
 
@@ -171,8 +164,7 @@ def decode_image(path: Path, cfg: DataConfig, report: LoadReport) -> np.ndarray:
         except ImportError:
             arr = None
             warnings.warn(
-                f"{path} is a 16-bit colour PNG; Pillow reads it at 8 bits. `pip install pypng` to "
-                f"keep full precision",
+                f"{path} is a 16-bit colour PNG; Pillow reads it at 8 bits. `pip install pypng` to keep full precision",
                 stacklevel=3,
             )
         if arr is not None:
@@ -208,13 +200,9 @@ def load_image_folder(cfg: DataConfig, log=print) -> tuple[Tensor, LoadReport]:
         )
     root = Path(cfg.root).expanduser()
     if not root.exists():
-        raise ImageFolderError(
-            f"{root}: no such folder; pass --data to a folder of PNG/JPEG/WebP/BMP/GIF images"
-        )
+        raise ImageFolderError(f"{root}: no such folder; pass --data to a folder of PNG/JPEG/WebP/BMP/GIF images")
     if not root.is_dir():
-        raise ImageFolderError(
-            f"{root}: is a file, not a folder; pass --data to the folder that holds the images"
-        )
+        raise ImageFolderError(f"{root}: is a file, not a folder; pass --data to the folder that holds the images")
     files, other = list_files(root)
     report = LoadReport(files=len(files), other_files=other)
     if not files and not other:
@@ -248,9 +236,7 @@ def load_image_folder(cfg: DataConfig, log=print) -> tuple[Tensor, LoadReport]:
             f"(corrupt or truncated):\n  {listed}{more}"
         )
         if not arrays:
-            raise ImageFolderError(
-                msg + "\nno readable image is left; pass --data to a folder of valid images"
-            )
+            raise ImageFolderError(msg + "\nno readable image is left; pass --data to a folder of valid images")
         warnings.warn(msg, stacklevel=2)
     if report.upscaled:
         ex = ", ".join(report.upscaled[:5]) + (" ..." if len(report.upscaled) > 5 else "")

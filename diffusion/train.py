@@ -33,9 +33,7 @@ from genai_train.seed import seed_everything
 class PreviewConfig:
     """Sample grids written while training."""
 
-    every: int = field(
-        default=1000, metadata={"help": "write a sample grid every N optimizer steps (0 = never)"}
-    )
+    every: int = field(default=1000, metadata={"help": "write a sample grid every N optimizer steps (0 = never)"})
     n: int = field(default=16, metadata={"help": "images in the grid"})
     steps: int = field(default=18, metadata={"help": "Heun steps for the grid"})
     ema_rampup: float = field(
@@ -73,27 +71,7 @@ class EDMScheduleConfig(ScheduleConfig):
 class EDMEMAConfig(EMAConfig):
     """EMA of the weights by half-life (EDM: 0.5 Mimg, about 500 steps at batch 512 x 1.9)."""
 
-    half_life_steps: float | None = field(
-        default=500.0, metadata={"help": "EMA half-life in optimizer steps"}
-    )
-
-
-@dataclass
-class EDMLoopConfig(LoopConfig):
-    """Length of training; EDM clips no gradients."""
-
-    steps: int = field(default=100_000, metadata={"help": "optimizer steps in total"})
-    grad_clip: float = field(default=0.0, metadata={"help": "clip the global gradient norm; 0 = off (EDM)"})
-
-
-@dataclass
-class DiffusionRunConfig(RunConfig):
-    """Where the run writes and how it runs."""
-
-    dir: str = field(
-        default="runs/diffusion",
-        metadata={"help": "run directory (config, metrics, checkpoints, sample grids)"},
-    )
+    half_life_steps: float | None = field(default=500.0, metadata={"help": "EMA half-life in optimizer steps"})
 
 
 @dataclass
@@ -109,9 +87,10 @@ class DiffusionConfig:
     optim: EDMOptimConfig = field(default_factory=EDMOptimConfig)
     schedule: EDMScheduleConfig = field(default_factory=EDMScheduleConfig)
     ema: EDMEMAConfig = field(default_factory=EDMEMAConfig)
-    train: EDMLoopConfig = field(default_factory=EDMLoopConfig)
+    # EDM clips no gradients
+    train: LoopConfig = field(default_factory=lambda: LoopConfig(steps=100_000, grad_clip=0.0))
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
-    run: DiffusionRunConfig = field(default_factory=DiffusionRunConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/diffusion"))
 
     def __post_init__(self) -> None:
         # The UNet must take every patch side without rounding (see model.check_patch_sizes).
@@ -119,9 +98,7 @@ class DiffusionConfig:
             sizes = [s for s, _ in patch_choices(self.data.resolution, self.patch.p)]
         except ValueError as e:
             raise ValueError(f"data.resolution={self.data.resolution}: {e}") from None
-        check_patch_sizes(
-            sizes, self.data.resolution, self.model.downsample_factor, len(self.model.block_out_channels)
-        )
+        check_patch_sizes(sizes, self.data.resolution, self.model.downsample_factor, len(self.model.block_out_channels))
 
 
 def diffusion_loss(edm: EDMConfig):
@@ -270,9 +247,7 @@ def load_run(
     cfg = load_config(DiffusionConfig, run_dir / "config.yaml")
     found = Checkpointer(run_dir / "ckpt", task="diffusion").load_latest(map_location=map_location)
     if found is None:
-        raise FileNotFoundError(
-            f"{run_dir}: no complete checkpoint under ckpt/; train longer or pass another run"
-        )
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint under ckpt/; train longer or pass another run")
     step, state = found
     model = build_model(cfg)
     weights = state["ema"]["module"] if (use_ema and "ema" in state) else state["model"]

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from genai_train.config import ConfigError, closest, field_help, load_config
+from genai_train.config import ConfigError, closest, config_to_dict, field_help, load_config
 
 # task -> (module with COMMANDS and optionally demo(out_dir), one-line description)
 TASKS: dict[str, tuple[str, str]] = {
@@ -62,29 +62,41 @@ def load_task(task: str):
     except ModuleNotFoundError as e:
         if e.name and (e.name == module_name or module_name.startswith(e.name + ".")):
             raise UsageError(f"task '{task}' is not available in this installation ({module_name} is missing)") from e
-        raise UsageError(f"task '{task}' needs the package '{e.name}', which is not installed; "
-                         f"run `pip install -e .` in the repository (or `make demo`)") from e
+        raise UsageError(
+            f"task '{task}' needs the package '{e.name}', which is not installed; "
+            f"run `pip install -e .` in the repository (or `make demo`)"
+        ) from e
 
 
 def _task_help(task: str, module) -> str:
-    lines = [f"usage: genai-train {task} <verb> [--config FILE.yaml] [--key=value ...]", "", TASKS[task][1], "",
-             "verbs:"]
+    lines = [
+        f"usage: genai-train {task} <verb> [--config FILE.yaml] [--key=value ...]",
+        "",
+        TASKS[task][1],
+        "",
+        "verbs:",
+    ]
     for verb, cmd in module.COMMANDS.items():
         lines.append(f"  {verb or '(default)':<10} {cmd.help}")
     return "\n".join(lines)
 
 
-def _command_help(task: str, verb: str, cmd) -> str:
-    lines = [f"usage: genai-train {task}{' ' + verb if verb else ''} [--config FILE.yaml] [--key=value ...]", "",
-             cmd.help]
+def _command_help(task: str, verb: str, cmd, config_path: str | None = None, overrides=()) -> str:
+    lines = [
+        f"usage: genai-train {task}{' ' + verb if verb else ''} [--config FILE.yaml] [--key=value ...]",
+        "",
+        cmd.help,
+    ]
     if cmd.example:
         lines += ["", f"example: {cmd.example}"]
     if cmd.shortcuts:
         lines += ["", "shortcuts:"] + [f"  --{k:<20} = --{v}" for k, v in cmd.shortcuts.items()]
     if cmd.config is not None:
-        defaults = _flat_defaults(cmd.config())
+        # the values the given flags resolve to; a tagged-union section (e.g. --strategy.name) shows its variant
+        cfg = load_config(cmd.config, config_path, overrides)
+        defaults = _flat_defaults(cfg)
         lines += ["", "config keys (default) :"]
-        for key, text in field_help(cmd.config).items():
+        for key, text in field_help(cmd.config, config_to_dict(cfg)).items():
             flag = f"--{key}={defaults.get(key)}"
             lines.append(f"  {flag:<36} {text}")
     return "\n".join(lines)
@@ -148,7 +160,7 @@ def run_command(task: str, argv: list[str]) -> int:
     cmd = commands[verb]
     config_path, overrides, want_help = parse_flags(argv, cmd.shortcuts)
     if want_help:
-        print(_command_help(task, verb, cmd))
+        print(_command_help(task, verb, cmd, config_path, overrides))
         return 0
     cfg = load_config(cmd.config, config_path, overrides) if cmd.config is not None else None
     try:
@@ -178,8 +190,21 @@ def cmd_env() -> int:
             return "not installed"
 
     print(f"genai-train {__version__}  python {platform.python_version()}  {platform.platform()}")
-    for pkg in ("torch", "torchvision", "diffusers", "transformers", "gsplat", "triton", "pycolmap", "lpips",
-                "torchmetrics", "galore-torch", "apollo-torch", "adam-mini", "flora-opt"):
+    for pkg in (
+        "torch",
+        "torchvision",
+        "diffusers",
+        "transformers",
+        "gsplat",
+        "triton",
+        "pycolmap",
+        "lpips",
+        "torchmetrics",
+        "galore-torch",
+        "apollo-torch",
+        "adam-mini",
+        "flora-opt",
+    ):
         print(f"  {pkg:<13} {version(pkg)}")
     print(f"devices available: {', '.join(available_devices())}; chosen (auto): {select_device('auto')}")
     print(f"threads: {torch.get_num_threads()}")
@@ -187,12 +212,18 @@ def cmd_env() -> int:
     if cuda:
         print(f"CUDA: {torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s)")
     gsplat_ok = cuda and version("gsplat") != "not installed"
-    reason = "" if gsplat_ok else (" (no CUDA device: the pure-PyTorch rasterizer is used)" if not cuda
-                                   else " (gsplat is not installed)")
+    reason = (
+        ""
+        if gsplat_ok
+        else (" (no CUDA device: the pure-PyTorch rasterizer is used)" if not cuda else " (gsplat is not installed)")
+    )
     print(f"gsplat CUDA rasterizer usable: {'yes' if gsplat_ok else 'no'}{reason}")
     triton_ok = cuda and version("triton") != "not installed"
-    reason = "" if triton_ok else (" (no CUDA device: pure-PyTorch kernels are used)" if not cuda
-                                   else " (triton is not installed)")
+    reason = (
+        ""
+        if triton_ok
+        else (" (no CUDA device: pure-PyTorch kernels are used)" if not cuda else " (triton is not installed)")
+    )
     print(f"Triton kernels usable: {'yes' if triton_ok else 'no'}{reason}")
     return 0
 
@@ -283,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("genai-train: interrupted; the last complete checkpoint is kept and `--ckpt.resume=auto` "
-              "continues from it", file=sys.stderr)
+        print(
+            "genai-train: interrupted; the last complete checkpoint is kept and `--ckpt.resume=auto` continues from it",
+            file=sys.stderr,
+        )
         return 130
 
 

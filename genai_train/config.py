@@ -49,14 +49,52 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """Flattened ``{"a.b": help}`` for every field of a (nested) config dataclass."""
+TAG = "name"  # the field that picks the variant of a tagged-union section
+
+
+def variants(tp: Any) -> dict[str, type] | None:
+    """``{tag: class}`` when ``tp`` is a union of config dataclasses told apart by their ``name`` field (a
+    tagged union, e.g. ``strategy: ADCConfig | SteepGSConfig``); None for any other type."""
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) < 2 or not all(dataclasses.is_dataclass(a) for a in args):
+        return None
+    out = {}
+    for a in args:
+        f = {f.name: f for f in dataclasses.fields(a)}.get(TAG)
+        if f is None or f.default is dataclasses.MISSING:
+            raise TypeError(f"{a.__name__}: a tagged-union variant needs a '{TAG}' field with a default")
+        out[f.default] = a
+    return out
+
+
+def pick_variant(tp: Any, data: Any, default: Any, where: str) -> type:
+    """The variant class of a tagged-union section from its ``name`` (else the default's class)."""
+    options = variants(tp)
+    tag = data.get(TAG) if isinstance(data, dict) else None
+    if tag is None:
+        return type(default) if default is not None else next(iter(options.values()))
+    if tag not in options:
+        raise ConfigError(
+            f"{where}.{TAG}: {tag!r} is not one of {', '.join(map(repr, options))}" + closest(str(tag), list(options))
+        )
+    return options[tag]
+
+
+def field_help(cls: type, data: dict | None = None) -> dict[str, str]:
+    """Flattened ``{"a.b": help}`` for every field of a (nested) config dataclass; a tagged-union section
+    lists the fields of the variant ``data`` names (else its default's)."""
     out: dict[str, str] = {}
     hints = _hints(cls)
+    data = data or {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        sub = data.get(f.name) if isinstance(data.get(f.name), dict) else {}
+        if variants(tp) is not None:
+            tp = pick_variant(tp, sub, _section_default(f), f.name)
         if dataclasses.is_dataclass(tp):
-            for k, v in field_help(tp).items():
+            for k, v in field_help(tp, sub).items():
                 out[f"{f.name}.{k}"] = v
         else:
             out[f.name] = f.metadata.get("help", "")
@@ -76,6 +114,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if variants(tp) is not None:
+        if isinstance(value, tuple(variants(tp).values())):
+            return value
+        return _coerce(value, pick_variant(tp, value, None, where), where)
     if origin in (Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             if type(None) in args:
@@ -180,6 +222,9 @@ def _from_dict(cls: type[T], data: dict, where: str = "") -> T:
         if key not in fields:
             raise ConfigError(f"unknown config key '{path}'" + closest(str(key), list(fields)))
         default = _section_default(fields[key])
+        if default is not None and variants(hints[key]) is not None:
+            if pick_variant(hints[key], value, default, path) is not type(default):
+                default = None  # another variant: its own class defaults apply
         if isinstance(value, dict) and default is not None:
             # a partial section overrides the parent's own defaults for it, not the section class's
             value = _deep_merge(config_to_dict(default), value)
@@ -234,6 +279,22 @@ def _apply_override(cls: type, data: dict, keys: list[str], raw: str) -> None:
         if k not in names:
             raise ConfigError(f"unknown config key '{where}'" + closest(k, names))
         ftp = _hints(tp)[k]
+        if variants(ftp) is not None:
+            f = next(f for f in dataclasses.fields(tp) if f.name == k)
+            ftp = pick_variant(ftp, node.get(k), _section_default(f), where)
+            if i < len(keys) - 1 and keys[i + 1] != TAG:
+                names = {f.name for f in dataclasses.fields(ftp)}
+                if keys[i + 1] not in names:
+                    others = [
+                        t
+                        for t, c in variants(_hints(tp)[k]).items()
+                        if keys[i + 1] in {g.name for g in dataclasses.fields(c)}
+                    ]
+                    if others:
+                        raise ConfigError(
+                            f"'{where}.{keys[i + 1]}' belongs to {where}.{TAG}={' or '.join(others)}, not "
+                            f"{where}.{TAG}={getattr(ftp, TAG)}; set --{where}.{TAG}={others[0]} first"
+                        )
         if i == len(keys) - 1:
             if dataclasses.is_dataclass(ftp):
                 raise ConfigError(f"'{where}' is a section; set one of its fields, e.g. --{where}.<field>=...")
@@ -258,8 +319,9 @@ def _parse_scalar(raw: str, tp: Any) -> Any:
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"config file {p} does not exist; pass --config with a path to a YAML file "
-                          f"(examples under configs/)")
+        raise ConfigError(
+            f"config file {p} does not exist; pass --config with a path to a YAML file (examples under configs/)"
+        )
     if p.is_dir():
         raise ConfigError(f"config file {p} is a directory; pass a YAML file")
     try:
@@ -285,8 +347,9 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
         _from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
-    for ov in overrides:
-        keys, raw = parse_override(ov)
+    # a tagged-union section's variant is chosen before its fields are set, whatever the flag order
+    parsed = [parse_override(ov) for ov in overrides]
+    for keys, raw in sorted(parsed, key=lambda kr: kr[0][-1] != TAG):
         _apply_override(cls, data, keys, raw)
     return _from_dict(cls, data)
 

@@ -25,9 +25,10 @@ from genai_train.config import ConfigError
 from genai_train.data import ShardedBatchSampler
 from genai_train.device import select_device
 from genai_train.distributed import cleanup, init_distributed
-from genai_train.engine import EMAConfig, LoopConfig, RunConfig, Trainer
+from genai_train.engine import EMAConfig, Trainer
 from genai_train.optim import OptimConfig
 from genai_train.plot import line_chart
+from genai_train.run import LoopConfig, RunConfig, path_field
 from genai_train.schedules import ScheduleConfig
 
 DEFAULT_TEXT = "textwrap.py"  # a stdlib module: ~20 KB of real text everywhere Python is installed
@@ -100,7 +101,7 @@ def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TextDataConfig:
-    path: str = field(default="", metadata={"help": f"text file; empty = the stdlib's {DEFAULT_TEXT}"})
+    path: str = path_field("", f"text file; empty = the stdlib's {DEFAULT_TEXT}")
     batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch per process"})
     val_fraction: float = field(default=0.1, metadata={"help": "tail of the text held out for validation"})
 
@@ -124,12 +125,15 @@ def read_text_bytes(path: str) -> torch.Tensor:
 class ByteBatches:
     """Non-overlapping windows of ``seq_len + 1`` bytes, drawn by a resumable, rank-sharded sampler."""
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         n = (len(tokens) - 1) // seq_len
         if n < 1:
-            raise ConfigError(f"the text has {len(tokens)} bytes, fewer than one sequence of {seq_len + 1}; "
-                              f"use a longer file or a smaller model.seq_len")
+            raise ConfigError(
+                f"the text has {len(tokens)} bytes, fewer than one sequence of {seq_len + 1}; "
+                f"use a longer file or a smaller model.seq_len"
+            )
         self.windows = tokens[: n * seq_len + 1].unfold(0, seq_len + 1, seq_len)  # [n, T+1]
         self.sampler = ShardedBatchSampler(n, batch_size, seed=seed, rank=rank, world_size=world_size)
 
@@ -158,8 +162,14 @@ class LMConfig:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, tokens: torch.Tensor, seq_len: int, device: torch.device, max_batches: int = 8,
-             batch_size: int = 32) -> float:
+def evaluate(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    seq_len: int,
+    device: torch.device,
+    max_batches: int = 8,
+    batch_size: int = 32,
+) -> float:
     """Mean next-byte loss over the first windows of ``tokens``."""
     n = (len(tokens) - 1) // seq_len
     if n < 1:
@@ -176,8 +186,9 @@ def build_trainer(cfg: LMConfig, callbacks=()) -> tuple[Trainer, torch.Tensor]:
     tokens = read_text_bytes(cfg.data.path)
     split = len(tokens) - int(len(tokens) * cfg.data.val_fraction)
     dist = init_distributed(select_device(cfg.run.device))
-    batches = ByteBatches(tokens[:split], cfg.model.seq_len, cfg.data.batch_size, cfg.run.seed,
-                          dist.rank, dist.world_size)
+    batches = ByteBatches(
+        tokens[:split], cfg.model.seq_len, cfg.data.batch_size, cfg.run.seed, dist.rank, dist.world_size
+    )
     trainer = Trainer("lm", GPT(cfg.model), lm_loss, batches, cfg, callbacks=callbacks, dist=dist)
     return trainer, tokens[split:]
 
@@ -186,8 +197,11 @@ def train(cfg: LMConfig) -> dict:
     trainer, val = build_trainer(cfg)
     try:
         trainer.fit()
-        result = {"step": trainer.step, "train_loss": trainer.history[-1]["loss"] if trainer.history else None,
-                  "val_loss": evaluate(trainer.model, val, cfg.model.seq_len, trainer.device)}
+        result = {
+            "step": trainer.step,
+            "train_loss": trainer.history[-1]["loss"] if trainer.history else None,
+            "val_loss": evaluate(trainer.model, val, cfg.model.seq_len, trainer.device),
+        }
         if trainer.is_main:
             trainer.logger.log(trainer.step, val_loss=result["val_loss"])
             (trainer.run_dir / "result.json").write_text(json.dumps(result, indent=2))
@@ -200,21 +214,33 @@ def train(cfg: LMConfig) -> dict:
 
 def demo(out_dir: Path) -> dict[str, str]:
     """Under a minute on 2 CPU cores: 300 steps of a tiny byte GPT on a stdlib file."""
-    cfg = LMConfig(run=RunConfig(dir=str(out_dir / "run"), log_every=5, tensorboard=False),
-                   train=LoopConfig(steps=300), optim=OptimConfig(lr=3e-3),
-                   ckpt=CheckpointConfig(every=50, resume="auto"))
+    cfg = LMConfig(
+        run=RunConfig(dir=str(out_dir / "run"), log_every=5, tensorboard=False),
+        train=LoopConfig(steps=300),
+        optim=OptimConfig(lr=3e-3),
+        ckpt=CheckpointConfig(every=50, resume="auto"),
+    )
     result = train(cfg)
     rows = [json.loads(line) for line in (out_dir / "run" / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    png = line_chart({"train loss": curve}, out_dir / "loss.png", title="byte-level GPT on a stdlib file",
-                     xlabel="optimizer step", ylabel="loss (nats/byte)")
+    png = line_chart(
+        {"train loss": curve},
+        out_dir / "loss.png",
+        title="byte-level GPT on a stdlib file",
+        xlabel="optimizer step",
+        ylabel="loss (nats/byte)",
+    )
     metrics = out_dir / "metrics.json"
     metrics.write_text(json.dumps({**result, "curve": curve}, indent=2))
     return {"loss curve": str(png), "metrics": str(metrics), "run": cfg.run.dir}
 
 
 COMMANDS = {
-    "train": Command("train a byte-level GPT on a text file (the core's reference task)", train, LMConfig,
-                     shortcuts={"data": "data.path", "steps": "train.steps", "out": "run.dir"},
-                     example="genai-train lm train --config configs/lm/tiny.yaml --optim.name=adamw"),
+    "train": Command(
+        "train a byte-level GPT on a text file (the core's reference task)",
+        train,
+        LMConfig,
+        shortcuts={"data": "data.path", "steps": "train.steps", "out": "run.dir"},
+        example="genai-train lm train --config configs/lm/tiny.yaml --optim.name=adamw",
+    ),
 }
