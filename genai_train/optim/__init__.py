@@ -6,9 +6,8 @@ The low-rank methods project the weights chosen by :func:`~genai_train.optim.sel
 the method's full-rank rule inside the same optimizer object (GaLore/APOLLO: their AdamW; Flora:
 Adafactor with dense momentum). Adam-mini partitions every tensor by module type.
 
-The selection needs the modules, not only the parameters. Pass the model in one of three ways:
-``build_optimizer(model.named_parameters(), cfg)`` (the model is recovered from the generator),
-``build_optimizer(model, cfg)``, or ``build_optimizer(named, cfg, model=model)``.
+The selection needs the modules, not only the parameters. Pass the model: ``build_optimizer(model, cfg)``,
+or ``build_optimizer(named, cfg, model=model)`` to optimize a subset ``named`` of its parameters.
 """
 
 from __future__ import annotations
@@ -55,13 +54,6 @@ def _adamw_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig)
     return [g for g in groups if g["params"]]
 
 
-def _recover_model(named_parameters) -> nn.Module | None:
-    """The module behind a ``model.named_parameters()`` generator that has not started yet."""
-    frame = getattr(named_parameters, "gi_frame", None)
-    owner = frame.f_locals.get("self") if frame is not None else None
-    return owner if isinstance(owner, nn.Module) else None
-
-
 def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig, model: nn.Module | None) -> list[dict]:
     """Parameter groups for ``cfg.name``: low-rank matrices first (``low_rank=True``), then the
     full-rank tensors with and without weight decay, each in the order of ``named``."""
@@ -70,8 +62,7 @@ def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig, 
     if model is None:
         raise ValueError(
             f"optim.name={cfg.name}: choosing the low-rank matrices needs the model's "
-            "modules; call build_optimizer(model.named_parameters(), cfg), "
-            "build_optimizer(model, cfg) or build_optimizer(named, cfg, model=model)"
+            "modules; call build_optimizer(model, cfg) or build_optimizer(named, cfg, model=model)"
         )
     chosen = low_rank_params(model, cfg.target, cfg.include_conv)
     low = [p for _, p in named if id(p) in chosen]
@@ -100,9 +91,13 @@ def build_optimizer(
     if isinstance(named_parameters, nn.Module):
         model = model or named_parameters
         named_parameters = named_parameters.named_parameters()
-    elif model is None:
-        model = _recover_model(named_parameters)
-    named = [(n, p) for n, p in named_parameters if p.requires_grad]
+    items = list(named_parameters)
+    if any(not (isinstance(it, tuple) and len(it) == 2 and isinstance(it[1], torch.Tensor)) for it in items):
+        raise TypeError(
+            "build_optimizer takes (name, parameter) pairs: pass model.named_parameters() or the model itself, "
+            "not model.parameters()"
+        )
+    named = [(n, p) for n, p in items if p.requires_grad]
     if not named:
         raise ValueError("build_optimizer: the model has no trainable parameters")
     groups = param_groups(named, cfg, model)
@@ -156,7 +151,7 @@ def build_optimizer(
         if model is None:
             raise ValueError(
                 "optim.name=adam_mini: the block partition needs the model's modules; call "
-                "build_optimizer(model.named_parameters(), cfg) or build_optimizer(model, cfg)"
+                "build_optimizer(model, cfg) or build_optimizer(named, cfg, model=model)"
             )
         opt = AdamMini(
             groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=cfg.weight_decay, blocks=adam_mini_blocks(model)

@@ -196,7 +196,7 @@ def test_selection_by_module_type_includes_conv_and_blocks_only():
 def test_conv_weights_train_in_every_method(name):
     torch.manual_seed(0)
     net = ConvNet()
-    opt = build_optimizer(net.named_parameters(), _cfg(name, rank=2 if name != "apollo_mini" else None))
+    opt = build_optimizer(net, _cfg(name, rank=2 if name != "apollo_mini" else None))
     x, y = torch.randn(4, 3, 6, 6), torch.randint(0, 4, (4,))
     before = net.blocks[0][1].weight.detach().clone()
     losses = []
@@ -227,8 +227,16 @@ def test_build_optimizer_needs_the_model_for_low_rank_selection():
     named = list(a.named_parameters())
     with pytest.raises(ValueError, match="needs the model"):
         build_optimizer(named, OptimConfig(name="galore"))
+    with pytest.raises(ValueError, match="needs the model"):  # a generator is not looked into either
+        build_optimizer(a.named_parameters(), OptimConfig(name="galore"))
     opt = build_optimizer(named, OptimConfig(name="galore"), model=a)
     assert opt.param_groups[0]["low_rank"]
+
+
+def test_build_optimizer_refuses_bare_parameters_with_advice():
+    a, _ = make_pair()
+    with pytest.raises(TypeError, match=r"pass model.named_parameters\(\) or the model itself"):
+        build_optimizer(a.parameters(), OptimConfig(name="adamw"))
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ def test_galore_matches_galore_torch(wd):
     torch.manual_seed(0)
     a, b = make_pair()
     cfg = OptimConfig(name="galore", lr=1e-2, rank=4, update_proj_gap=7, weight_decay=wd)
-    opt = build_optimizer(a.named_parameters(), cfg)
+    opt = build_optimizer(a, cfg)
     assert sum(len(g["params"]) for g in opt.param_groups if g["low_rank"]) == 12  # 6 Linear x 2 blocks
     ref = galore_torch.GaLoreAdamW(
         _ref_groups(opt, a, b, {"rank": 4, "update_proj_gap": 7, "scale": 0.25, "proj_type": "std"}),
@@ -75,7 +75,7 @@ def test_apollo_matches_apollo_torch(variant):
 def test_adam_mini_matches_adam_mini():
     adam_mini = pytest.importorskip("adam_mini")
     a, b = make_pair()
-    opt = build_optimizer(a.named_parameters(), OptimConfig(name="adam_mini", lr=1e-2, weight_decay=0.1))
+    opt = build_optimizer(a, OptimConfig(name="adam_mini", lr=1e-2, weight_decay=0.1))
     blocks = {n: opt.state[p]["blocks"] for n, p in a.named_parameters()}
     assert blocks["blocks.0.attn.q_proj.weight"] == HEADS and blocks["blocks.0.attn.v_proj.weight"] == DIM
     assert blocks["blocks.0.mlp.fc1.bias"] == 64 and blocks["norm_f.weight"] == 1
