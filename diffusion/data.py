@@ -13,6 +13,7 @@ import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -256,12 +257,24 @@ def load_image_folder(cfg: DataConfig, log=print) -> tuple[Tensor, LoadReport]:
     return images, report
 
 
+class PatchBatch(NamedTuple):
+    """One micro-batch: patches [B, C, P, P], coordinates [B, 2, P, P], and where its rows sit in the step's
+    global batch of ``n_global`` (all ranks): ``take`` [B]."""
+
+    patches: Tensor
+    pos: Tensor
+    take: Tensor
+    n_global: int
+
+
 class PatchBatches:
     """The engine's batch source: each call draws one patch size, then `mul` base batches of random crops.
 
-    Returns (patches [B*mul, C, P, P], pos [B*mul, 2, P, P]). The patch-size stream is seeded identically
-    on every rank (one size per step for the whole DDP batch); crops and flips are seeded per rank. All
-    state (sampler position, both generators, call count) is saved, so resume is exact.
+    Returns a :class:`PatchBatch`. Every random stream (patch size, flips, crops, and the noise levels and
+    noise the loss draws) is seeded identically on every rank and drawn for the step's whole global batch;
+    each rank keeps the rows of its own images (``PatchBatch.take``), so N ranks with batch B train exactly
+    like one process with batch N*B. All state (sampler position, both generators, call count) is saved, so
+    resume is exact.
     """
 
     def __init__(
@@ -279,26 +292,31 @@ class PatchBatches:
         self.resolution = images.shape[-1]
         self.sampler = ShardedBatchSampler(images.shape[0], cfg.batch_size, seed, rank, world_size)
         self.size_gen = torch.Generator().manual_seed(seed + 1_000_003)
-        self.crop_gen = torch.Generator().manual_seed(seed + 2_000_003 + 7919 * rank)
+        self.crop_gen = torch.Generator().manual_seed(seed + 2_000_003)
+        self.rank, self.world_size = rank, world_size
         self.calls = 0
         self.patches_seen = 0  # Patch Diffusion's progress unit: a patch counts as an image
         self.pixels_seen = 0
         self.last_patch = self.resolution
 
-    def next_batch(self, device: torch.device) -> tuple[Tensor, Tensor]:
+    def next_batch(self, device: torch.device) -> PatchBatch:
         size = draw_patch_size(self.resolution, self.patch, self.size_gen, self.calls / self.total_calls)
         mul = batch_multiplier(self.resolution, size, self.patch.batch_mul)
         idx = torch.cat([self.sampler.next_indices() for _ in range(mul)])
+        b, w = self.cfg.batch_size, self.world_size
+        # this rank's rows of the global batch: chunk j of the sampler holds ranks' slices of b in rank order
+        take = (torch.arange(mul)[:, None] * b * w + self.rank * b + torch.arange(b)).flatten()  # [B*mul]
+        n_global = b * w * mul
         imgs = self.images[idx]  # [B*mul, C, R, R]
         if self.cfg.hflip:
-            flip = torch.rand(len(idx), generator=self.crop_gen) < 0.5
+            flip = torch.rand(n_global, generator=self.crop_gen)[take] < 0.5
             imgs = torch.where(flip[:, None, None, None], imgs.flip(-1), imgs)
-        patches, pos, _ = random_crops(imgs, size, self.crop_gen)
+        patches, pos, _ = random_crops(imgs, size, self.crop_gen, take, n_global)
         self.calls += 1
         self.patches_seen += len(idx)
         self.pixels_seen += len(idx) * size * size
         self.last_patch = size
-        return patches.to(device, non_blocking=True), pos.to(device, non_blocking=True)
+        return PatchBatch(patches.to(device, non_blocking=True), pos.to(device, non_blocking=True), take, n_global)
 
     def state_dict(self) -> dict:
         return {

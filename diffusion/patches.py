@@ -100,16 +100,23 @@ def coord_grid(
     return torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)])
 
 
-def random_crops(images: Tensor, patch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def random_crops(
+    images: Tensor, patch: int, generator: torch.Generator, take: Tensor | None = None, n_drawn: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
     """Crop every image at its own random integer offset, together with its coordinate channels.
 
     images: [B, C, R, R]. Returns patches [B, C, P, P], pos [B, 2, P, P] and offsets [B, 2] (row, col).
     Image and coordinates are cut from one stacked tensor, so they cannot fall out of alignment.
+    With ``take`` the offsets of ``n_drawn`` crops are drawn and the rows ``take`` [B] kept (the images of
+    this rank within a DDP step's global batch, so the crops do not depend on how it is split over ranks).
     """
     b, c, h, w = images.shape
     if h != w:
         raise ValueError(f"images must be square, got {h}x{w}")
-    offsets = torch.randint(0, h - patch + 1, (b, 2), generator=generator)  # [B, 2] (row, col)
+    n = n_drawn if take is not None else b
+    offsets = torch.randint(0, h - patch + 1, (n, 2), generator=generator)  # [n, 2] (row, col)
+    if take is not None:
+        offsets = offsets[take]  # [B, 2]
     if patch == h:
         offsets.zero_()
     grid = coord_grid(h, w, h, device=images.device).to(images.dtype)

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from diffusion.data import DataConfig, PatchBatches, load_image_folder
+from diffusion.data import DataConfig, PatchBatch, PatchBatches, load_image_folder
 from diffusion.edm import EDMConfig, edm_loss, sample_sigma
 from diffusion.model import ModelConfig, PatchEDM, build_unet, check_patch_sizes, count_params
 from diffusion.patches import PatchConfig, mean_batch_multiplier, patch_choices
@@ -102,14 +102,18 @@ class DiffusionConfig:
 
 
 def diffusion_loss(edm: EDMConfig):
-    """loss_fn(model, (patches, pos)) for the engine: lambda-weighted squared error, summed over C x P x P
+    """loss_fn(model, PatchBatch) for the engine: lambda-weighted squared error, summed over C x P x P
     pixels and averaged over the patches (EDM / Patch Diffusion convention). Sigma and noise come from the
-    global torch RNG, which the checkpoints save."""
+    global torch RNG (the same on every rank; the checkpoints save it), drawn for the step's global batch,
+    of which this rank keeps its own rows."""
 
-    def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        y, pos = batch  # [B, C, P, P], [B, 2, P, P]
-        sigma = sample_sigma(y.shape[0], edm, device=y.device)  # [B]
-        noise = torch.randn_like(y)
+    def loss_fn(model: nn.Module, batch: PatchBatch) -> Tensor:
+        y, pos, take, n = batch  # [B, C, P, P], [B, 2, P, P], [B], global batch size
+        sigma = sample_sigma(n, edm, device=y.device)  # [n]
+        noise = torch.randn((n, *y.shape[1:]), dtype=y.dtype, device=y.device)  # [n, C, P, P]
+        if n != len(y):
+            take = take.to(y.device)
+            sigma, noise = sigma[take], noise[take]
         per_sample = edm_loss(lambda x, s: model(x, s, pos), y, sigma, noise, edm.sigma_data)  # [B]
         return per_sample.mean()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -50,8 +51,9 @@ def test_ddp_two_ranks_match_single_process_on_combined_batch(tmp_path):
     ref = params(single.model)
     worst = max((r0[k] - ref[k]).abs().max().item() for k in ref)
     assert worst <= 1e-6, f"DDP differs from the single-process combined batch by {worst:.2e}"
-    # only rank 0 wrote: one metrics file, checkpoints present
-    assert (tmp_path / "ddp" / "metrics.jsonl").exists()
+    # only rank 0 wrote: one metrics file without duplicate steps, one checkpoint series
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in (tmp_path / "ddp" / "ckpt").iterdir() if p.name.startswith("step_")) == [
         "step_000000003",
         "step_000000006",

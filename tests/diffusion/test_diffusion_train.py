@@ -71,7 +71,7 @@ def test_patch_steps_use_several_sizes_and_p1_is_full_images(tmp_path, images):
     b = t.batches
     b.load_state_dict({**b.state_dict(), "calls": 0})
     for _ in range(20):
-        patches, pos = b.next_batch(torch.device("cpu"))
+        patches, pos, *_ = b.next_batch(torch.device("cpu"))
         sizes.append((patches.shape[-1], patches.shape[0]))
     assert {s for s, _ in sizes} == {4, 8, 16}
     assert all(n == 3 * 16 // s for s, n in sizes)  # batch multiplier R / P
