@@ -83,7 +83,9 @@ class Trainer:
 
     def __post_init__(self):
         cfg = self.config
-        self.run = Run(self.task, cfg, shape_keys=self.shape_keys, dist=self.dist)
+        # the optimizer's state follows its kind and the matrices it projects: a change there cannot resume
+        optim_keys = ("optim.name", "optim.rank", "optim.target", "optim.include_conv")
+        self.run = Run(self.task, cfg, shape_keys=(*self.shape_keys, *optim_keys), dist=self.dist)
         self.run_cfg: RunConfig = cfg.run
         self.loop: LoopConfig = cfg.train
         self.ckpt_cfg: CheckpointConfig = cfg.ckpt
@@ -93,7 +95,7 @@ class Trainer:
             self.run.is_main,
             self.run.dir,
         )
-        self.logger, self.checkpointer = self.run.logger, self.run.checkpointer
+        self.checkpointer = self.run.checkpointer
         self.model.to(self.device)
         self.ddp_model = wrap_ddp(self.model, self.dist)
         if getattr(cfg.optim, "per_layer", False) and self.loop.grad_clip > 0:
@@ -110,12 +112,12 @@ class Trainer:
         )
         self.use_autocast = self.run.use_autocast
         self.resumed_from: int | None = self.run.resumed_from
-        if self.resumed_from is not None:
-            if self.ema is not None and "ema" not in self.run.checkpoint:
-                raise ConfigError(
-                    "cannot resume: EMA is on now but the checkpoint has none; turn ema off or start a new --run.dir"
-                )
-            self.step = self.run.restore(**self._stateful())
+        if self.resumed_from is not None and self.ema is not None and "ema" not in self.run.checkpoint:
+            raise ConfigError(
+                "cannot resume: EMA is on now but the checkpoint has none; turn ema off or start a new --run.dir"
+            )
+        self.step = self.run.restore(**self._stateful())
+        self.logger = self.run.logger
 
     # -- state ----------------------------------------------------------------------------------------
     def _stateful(self) -> dict:

@@ -6,9 +6,10 @@ Order of a run's start (nothing lands in the run directory until every check tha
 2. ``Run(...)`` joins the torchrun process group, checks that the run directory is ours (or new), loads the
    newest complete checkpoint and compares the config it was written with (paths compared after resolving
    them, so ``data/x``, ``./data/x`` and ``/abs/data/x`` are one run); a refused resume raises here;
-3. only then rank 0 creates the folder, writes ``config.yaml`` and opens the logger (tqdm, JSONL, TensorBoard);
-4. the trainer builds its stateful objects and calls :meth:`Run.restore` with them by name; :meth:`Run.save`
-   writes them (plus every RNG state and the config) as one atomic checkpoint.
+3. the trainer builds its stateful objects and calls :meth:`Run.restore` with them by name; once each object has
+   taken its saved state (an object that does not fit refuses the resume too), rank 0 creates the folder, writes
+   ``config.yaml`` and opens the logger (tqdm, JSONL, TensorBoard);
+4. :meth:`Run.save` writes the objects (plus every RNG state and the config) as one atomic checkpoint.
 
 A trainer's loop then reads like nanoGPT's::
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import typing
 import warnings
 from collections.abc import Sequence
@@ -247,16 +249,27 @@ class Run:
                 if "config" in state:
                     check_resume_config(_resolve_like(state["config"], config), self.config_dict, shape_keys, free_keys)
                 self.resumed_from, self._state = step, state
+        self._logger: RunLogger | None = None
+        if seed:
+            seed_everything(self.cfg.seed)
+
+    def _commit(self) -> None:
+        """The run is accepted: rank 0 creates the folder, marks it ours, writes config.yaml; the logger opens."""
+        if self._logger is not None:
+            return
         barrier()  # every rank has accepted the resume before rank 0 writes
-        # -- accepted: now write ---------------------------------------------------------------------------
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             if not (self.dir / RUN_MARKER).exists():
-                (self.dir / RUN_MARKER).write_text(json.dumps({"task": task}))
+                (self.dir / RUN_MARKER).write_text(json.dumps({"task": self.task}))
             save_config(self.config_dict, self.dir)
-        self.logger = RunLogger(self.dir, enabled=self.is_main, tensorboard=self.cfg.tensorboard)
-        if seed:
-            seed_everything(self.cfg.seed)
+        self._logger = RunLogger(self.dir, enabled=self.is_main, tensorboard=self.cfg.tensorboard)
+
+    @property
+    def logger(self) -> RunLogger:
+        """The run's logger; the first use accepts the run (writes the folder and config.yaml)."""
+        self._commit()
+        return self._logger
 
     # -- precision -----------------------------------------------------------------------------------------
     @property
@@ -271,8 +284,12 @@ class Run:
         return self._state
 
     def restore(self, **objects: Stateful) -> int:
-        """Load each named object (and every RNG) from the checkpoint being resumed; returns its step (0: new)."""
+        """Load each named object (and every RNG) from the checkpoint being resumed, then accept the run (the
+        folder and config.yaml are written only now); returns the checkpoint's step, 0 for a new run.
+
+        An object that does not fit its saved state refuses the resume with a message, nothing written."""
         if self._state is None:
+            self._commit()
             return 0
         missing = [k for k in objects if k not in self._state]
         if missing:
@@ -281,11 +298,19 @@ class Run:
                 f"(it was written with another setting); start a new --run.dir"
             )
         for name, obj in objects.items():
-            obj.load_state_dict(self._state[name])
+            try:
+                obj.load_state_dict(self._state[name])
+            except (RuntimeError, ValueError, KeyError, IndexError) as e:
+                raise ConfigError(
+                    f"cannot resume from {self.checkpointer.dir}: the saved {name} does not fit the current "
+                    f"config ({type(e).__name__}: {str(e).splitlines()[0][:300]}); restore the settings it was "
+                    f"written with, or start a new --run.dir"
+                ) from e
         set_rng_state(self._state["rng"])
         step = int(self._state["step"])
-        self.logger.info(f"resumed from {self.checkpointer.dir / f'step_{step:09d}'} (step {step})")
         self._state = None  # free the memory
+        self._commit()
+        self.info(f"resumed from {self.checkpointer.dir / f'step_{step:09d}'} (step {step})")
         return step
 
     def save(self, step: int, **objects: Stateful) -> Path | None:
@@ -310,10 +335,15 @@ class Run:
         return self.logger.log(step, **scalars)
 
     def info(self, msg: str) -> None:
-        self.logger.info(msg)
+        """A message line for the user (stderr, rank 0); writes nothing to the run folder."""
+        if self.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
 
     def close(self) -> None:
-        self.logger.close()
+        if self._logger is not None:
+            self._logger.close()
 
 
 class Value:

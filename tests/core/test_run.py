@@ -41,6 +41,37 @@ def test_refused_resume_leaves_every_file_byte_identical(tmp_path):
     assert tree_hashes(run) == before
 
 
+def test_another_optimizer_is_refused_on_resume_and_writes_nothing(tmp_path):
+    run = tmp_path / "r"
+    _run(tiny_cfg(run, steps=2, every=1))
+    before = tree_hashes(run)
+    cfg = tiny_cfg(run, steps=4, every=1)
+    cfg.optim.name = "apollo_mini"
+    with pytest.raises(ConfigError, match=r"optim.name: 'adamw' -> 'apollo_mini'"):
+        build_trainer(cfg)
+    assert tree_hashes(run) == before
+
+
+def test_state_that_does_not_fit_refuses_the_resume_before_anything_is_written(tmp_path):
+    from genai_train.run import Run
+
+    run = tmp_path / "r"
+    _run(tiny_cfg(run, steps=2, every=1))
+    before = tree_hashes(run)
+
+    class Picky:
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            raise RuntimeError("size mismatch for weight")
+
+    r = Run("lm", tiny_cfg(run, steps=4, every=1))
+    with pytest.raises(ConfigError, match=r"the saved model does not fit .*size mismatch for weight"):
+        r.restore(model=Picky())
+    assert tree_hashes(run) == before
+
+
 def test_missing_data_file_creates_no_run_dir(tmp_path):
     cfg = tiny_cfg(tmp_path / "never", steps=2)
     cfg.data.path = str(tmp_path / "no_such.txt")
