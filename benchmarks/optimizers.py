@@ -46,6 +46,7 @@ from bench_gpt import DIM, FFN, GPT, HEADS, LAYERS, VOCAB, lm_loss, sample_batch
 METHODS = ["galore", "apollo", "apollo_mini", "adam_mini", "flora"]
 # learning rates of the papers' pre-training recipes (Flora: Adafactor-style update, Adam-like lr)
 PAPER_LR = {"adamw": 1e-3, "galore": 1e-2, "apollo": 1e-2, "apollo_mini": 1e-2, "adam_mini": 1e-3, "flora": 1e-3}
+BENCH = {"kernels": "auto"}  # optim.kernels of every optimizer built here (--kernels)
 FIRST_STEPS = 3  # fresh optimizer pairs whose first (state-allocating, projection-computing) step is timed
 
 
@@ -57,7 +58,7 @@ def bench_cfg(name: str, lr: float | None = None) -> OptimConfig:
         "apollo_mini": dict(scale_front=True),
         "flora": dict(rank=128, kappa=1000),
     }.get(name, {})
-    return OptimConfig(name=name, lr=lr if lr is not None else PAPER_LR[name], **kw)
+    return OptimConfig(name=name, lr=lr if lr is not None else PAPER_LR[name], kernels=BENCH["kernels"], **kw)
 
 
 def reference_optimizer(
@@ -247,6 +248,13 @@ def main() -> None:
         action="store_true",
         help="also train each method with its reference package (same seed and batches)",
     )
+    ap.add_argument(
+        "--kernels",
+        default="auto",
+        choices=["auto", "triton", "torch"],
+        help="optim.kernels of every optimizer; with triton on a CUDA machine each fused kernel is also timed "
+        "against its torch twin (claims fused_update_vs_twin.<kernel>); on the CPU the twins run",
+    )
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -262,6 +270,9 @@ def main() -> None:
     if not seeds:
         raise SystemExit("--seeds: give at least one seed")
     reps = args.reps or (6 if args.quick else 30)
+    BENCH["kernels"] = "torch" if args.kernels == "triton" and not torch.cuda.is_available() else args.kernels
+    if args.kernels == "triton" and not torch.cuda.is_available():
+        print("--kernels triton: no CUDA device, so the Triton kernels are not used; the torch twins run", flush=True)
     torch.manual_seed(0)
     base = GPT()
     n_params = sum(p.numel() for p in base.parameters())
@@ -314,6 +325,16 @@ def main() -> None:
                 0.01,
             )
         )
+
+    kernels = {"mode": args.kernels, "used": args.kernels != "torch" and torch.cuda.is_available()}
+    if args.kernels == "triton" and torch.cuda.is_available():
+        from bench_kernels import kernels_vs_twins
+
+        shapes = [(DIM, DIM)] * 4 + [(FFN, DIM), (DIM, FFN)]  # the matrices of one block
+        kernels["timings"] = kernels_vs_twins(shapes * LAYERS, 128, reps, torch.device("cuda"))
+        for k, t in kernels["timings"].items():
+            print(f"kernel {k:20s} {t['kernel_s'] * 1e3:7.3f} ms vs twin {t['twin_s'] * 1e3:7.3f} ms", flush=True)
+            claims.append(claim(f"fused_update_vs_twin.{k}", t["ratio"], "<=", 0.5))
 
     training = {}
     if not args.skip_train:
@@ -370,7 +391,7 @@ def main() -> None:
         "optimizers",
         config,
         claims,
-        {"adamw_state_bytes": adamw_bytes, "methods": results, "training": training},
+        {"adamw_state_bytes": adamw_bytes, "methods": results, "training": training, "kernels": kernels},
         quick=args.quick,
         out_dir=args.out,
     )

@@ -218,13 +218,15 @@ def cmd_env() -> int:
         else (" (no CUDA device: the pure-PyTorch rasterizer is used)" if not cuda else " (gsplat is not installed)")
     )
     print(f"gsplat CUDA rasterizer usable: {'yes' if gsplat_ok else 'no'}{reason}")
-    triton_ok = cuda and version("triton") != "not installed"
-    reason = (
-        ""
-        if triton_ok
-        else (" (no CUDA device: pure-PyTorch kernels are used)" if not cuda else " (triton is not installed)")
-    )
-    print(f"Triton kernels usable: {'yes' if triton_ok else 'no'}{reason}")
+    from genai_train.kernels import OPTIMIZER_KERNELS, active_kernels
+
+    active = active_kernels(select_device("auto"))
+    if active:
+        print(f"Triton kernels active (optim.kernels=auto): {', '.join(k.split(' ')[0] for k in active)}")
+    else:
+        reason = "no CUDA device" if not cuda else "triton is not installed"
+        names = ", ".join(k.split(" ")[0] for k in OPTIMIZER_KERNELS)
+        print(f"Triton kernels not used ({reason}): the pure-torch twins run for {names}")
     return 0
 
 

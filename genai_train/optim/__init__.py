@@ -115,6 +115,7 @@ def build_optimizer(
             rank=rank,
             update_proj_gap=cfg.update_proj_gap,
             scale=scale,
+            kernels=cfg.kernels,
         )
     elif cfg.name in ("apollo", "apollo_mini"):
         cls = APOLLO if cfg.name == "apollo" else APOLLOMini
@@ -131,6 +132,7 @@ def build_optimizer(
             scale_front=cfg.scale_front,
             norm_growth_limit=cfg.norm_growth_limit,
             seed_base=cfg.seed,
+            kernels=cfg.kernels,
             **kw,
         )
     elif cfg.name == "flora":
@@ -146,6 +148,7 @@ def build_optimizer(
             weight_decay=cfg.weight_decay,
             scale_parameter=cfg.scale_parameter,
             seed_base=cfg.seed,
+            kernels=cfg.kernels,
         )
     elif cfg.name == "adam_mini":
         if model is None:
@@ -154,7 +157,13 @@ def build_optimizer(
                 "build_optimizer(model, cfg) or build_optimizer(named, cfg, model=model)"
             )
         opt = AdamMini(
-            groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=cfg.weight_decay, blocks=adam_mini_blocks(model)
+            groups,
+            lr=cfg.lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=cfg.weight_decay,
+            blocks=adam_mini_blocks(model),
+            kernels=cfg.kernels,
         )
     else:  # unreachable: OptimConfig validates the name
         raise ValueError(f"optim.name={cfg.name!r} is unknown; choose one of {', '.join(OPTIM_NAMES)}")

@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from genai_train.kernels import use_triton
+from genai_train.kernels.optim import adam_mini_update_triton
 from genai_train.optim.base import CoreOptimizer
 
 __all__ = ["AdamMini"]
@@ -33,9 +35,10 @@ class AdamMini(CoreOptimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         blocks: dict[int, int] | None = None,
+        kernels: str = "auto",
     ) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, low_rank=False)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, kernels=kernels)
         blocks = blocks or {}
         for group in self.param_groups:
             for p in group["params"]:
@@ -55,6 +58,15 @@ class AdamMini(CoreOptimizer):
         ms = [s["exp_avg"] for s in states]
         vs = [s["vmean"] for s in states]
         k = t + 1
+        fused = [use_triton(self.kernels, p) for p in params]
+        for p, g, m, v, s, f in zip(params, grads, ms, vs, states, fused):
+            if f:  # Triton: decay, moments and update of each parameter in one kernel (the code below is its twin)
+                adam_mini_update_triton(p, g.contiguous(), m, v, s["blocks"], k, lr, b1, b2, eps, wd)
+        if all(fused):
+            return
+        params, grads, ms, vs, states = (
+            [x for x, f in zip(xs, fused) if not f] for xs in (params, grads, ms, vs, states)
+        )
         if wd > 0.0:
             torch._foreach_mul_(params, 1.0 - lr * wd)
         torch._foreach_lerp_(ms, grads, 1.0 - b1)

@@ -22,6 +22,8 @@ from typing import Literal
 
 import torch
 
+from genai_train.kernels import use_triton
+from genai_train.kernels.optim import adam_direction_triton, channel_norm_ratio_triton
 from genai_train.optim.base import adam_direction
 from genai_train.optim.projector import (
     ProjectedAdam,
@@ -44,19 +46,31 @@ def _norms(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def apollo_scaling(
-    r: torch.Tensor, rt: torch.Tensor, g: torch.Tensor, scale_type: Literal["channel", "tensor"]
+    r: torch.Tensor,
+    rt: torch.Tensor,
+    g: torch.Tensor,
+    scale_type: Literal["channel", "tensor"],
+    kernels: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APOLLO's gradient scaling factor s (Zhu et al. 2025, Eq. 5-6) and ||G * s||_F.
 
     r, rt: [m, r] (tall) or [r, n] (wide) projected gradient and its Adam update (only norms are used, so
     the sign of rt does not matter); g: [m, n].
     Channel-wise: s [m, 1] (tall) or [1, n] (wide), one factor per channel of the larger side.
+    ``kernels``: where the ratio of norms runs (:mod:`genai_train.kernels`; its torch twin is the code below).
     """
+    triton = use_triton(kernels, r)
     if scale_type == "tensor":
-        s = torch.linalg.vector_norm(rt) / (torch.linalg.vector_norm(r) + 1e-8)  # []
+        if triton:
+            s = channel_norm_ratio_triton(r, rt, None)
+        else:
+            s = torch.linalg.vector_norm(rt) / (torch.linalg.vector_norm(r) + 1e-8)  # []
         return s, s * torch.linalg.vector_norm(g)
     d = 1 if g.shape[0] >= g.shape[1] else 0
-    s = _norms(rt, d) / (_norms(r, d) + 1e-8)  # [m, 1] | [1, n]
+    if triton:
+        s = channel_norm_ratio_triton(r, rt, d)
+    else:
+        s = _norms(rt, d) / (_norms(r, d) + 1e-8)  # [m, 1] | [1, n]
     return s, torch.linalg.vector_norm(s * _norms(g, d))
 
 
@@ -80,6 +94,7 @@ class APOLLO(ProjectedAdam):
         scale_front: bool = False,
         norm_growth_limit: float = 1.01,
         seed_base: int = 0,
+        kernels: str = "auto",
     ) -> None:
         if scale_type not in ("channel", "tensor"):
             raise ValueError(f"APOLLO scale_type={scale_type!r}: choose 'channel' or 'tensor'")
@@ -96,7 +111,7 @@ class APOLLO(ProjectedAdam):
             norm_growth_limit=norm_growth_limit,
             low_rank=False,
         )
-        super().__init__(params, defaults, seed_base=seed_base)
+        super().__init__(params, defaults, seed_base=seed_base, kernels=kernels)
 
     def _low_rank_step(
         self,
@@ -121,8 +136,11 @@ class APOLLO(ProjectedAdam):
         front = group["scale_front"]
         for p, g, s, m, v, (r, rt) in zip(params, gs, states, ms, vs, reused_workspaces(ms)):
             project(g, s["proj"], out=r)  # [m, r] | [r, n]
-            adam_direction([r], [m], [v], k, b1, b2, eps, out=[rt])  # -Rt: only its norms are used
-            coef, u_norm = apollo_scaling(r, rt, g, group["scale_type"])
+            if use_triton(self.kernels, r):  # -Rt: only its norms are used
+                adam_direction_triton(r, m, v, b1, b2, eps, out=rt)
+            else:
+                adam_direction([r], [m], [v], k, b1, b2, eps, out=[rt])
+            coef, u_norm = apollo_scaling(r, rt, g, group["scale_type"], self.kernels)
             if front:
                 coef, u_norm = coef * sqrt_alpha, u_norm * sqrt_alpha
             if gamma > 0:

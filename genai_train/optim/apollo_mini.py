@@ -28,6 +28,7 @@ class APOLLOMini(APOLLO):
         scale_front: bool = False,
         norm_growth_limit: float = 1.01,
         seed_base: int = 0,
+        kernels: str = "auto",
     ) -> None:
         super().__init__(
             params,
@@ -42,4 +43,5 @@ class APOLLOMini(APOLLO):
             scale_front=scale_front,
             norm_growth_limit=norm_growth_limit,
             seed_base=seed_base,
+            kernels=kernels,
         )

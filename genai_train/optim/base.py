@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from genai_train.kernels import KERNEL_MODES
+
 __all__ = ["CoreOptimizer", "hf_adamw_", "adam_direction"]
 
 
@@ -129,10 +131,14 @@ class CoreOptimizer(torch.optim.Optimizer):
     Each group has a boolean ``low_rank`` (the parameter gets the method's special treatment) and its
     hyperparameters. ``seed_base``: parameter i (0-based over all groups, in order) gets the integer seed
     ``seed_base + i + 1`` in ``state["seed"]`` (the numbering of the APOLLO and Flora references).
+    ``kernels``: ``auto`` | ``triton`` | ``torch``, where the fused Triton kernels run (:mod:`genai_train.kernels`).
     """
 
-    def __init__(self, params, defaults: dict, seed_base: int | None = None) -> None:
+    def __init__(self, params, defaults: dict, seed_base: int | None = None, kernels: str = "auto") -> None:
         super().__init__(params, defaults)
+        if kernels not in KERNEL_MODES:
+            raise ValueError(f"kernels={kernels!r}; choose one of {', '.join(KERNEL_MODES)}")
+        self.kernels = kernels  # genai_train.kernels: Triton on CUDA (auto), or always / never
         self.step_in_backward = True
         self._hooks: list = []
         if seed_base is not None:

@@ -98,6 +98,13 @@ class OptimConfig:
             "off to use a plain lr like the other methods)"
         },
     )
+    kernels: Literal["auto", "triton", "torch"] = field(
+        default="auto",
+        metadata={
+            "help": "fused Triton kernels for the element-wise update: auto = on CUDA tensors when triton is "
+            "installed, torch = the pure-torch twins, triton = always (CPU only under TRITON_INTERPRET=1)"
+        },
+    )
     per_layer: bool = field(
         default=False,
         metadata={

@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from genai_train.kernels import use_triton
+from genai_train.kernels.optim import mean_sq_ema_triton
 from genai_train.optim.base import CoreOptimizer
 from genai_train.optim.projector import gaussian, matrix_view, next_seed, split_seed
 
@@ -37,6 +39,7 @@ def adafactor_direction(
     v: torch.Tensor | None,
     beta2t: float,
     eps1: float,
+    kernels: str = "torch",
 ) -> torch.Tensor:
     """Adafactor's normalised gradient (Shazeer & Stern 2018, Alg. 4), updating the moments in place.
 
@@ -48,8 +51,11 @@ def adafactor_direction(
     if v is not None:
         v.mul_(beta2t).add_(sq, alpha=1.0 - beta2t)
         return torch.rsqrt(v).mul_(g)
-    row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1.0 - beta2t)
-    col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1.0 - beta2t)
+    if use_triton(kernels, g) and g.ndim == 2:
+        mean_sq_ema_triton(g.contiguous(), row, col, beta2t, eps1)
+    else:
+        row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1.0 - beta2t)
+        col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1.0 - beta2t)
     r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)  # [m, 1]
     c_factor = col.unsqueeze(-2).rsqrt()  # [1, n]
     return torch.mul(g, r_factor, out=sq).mul_(c_factor)
@@ -77,6 +83,7 @@ class Flora(CoreOptimizer):
         weight_decay: float = 0.0,
         scale_parameter: bool = False,
         seed_base: int = 0,
+        kernels: str = "auto",
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -90,7 +97,7 @@ class Flora(CoreOptimizer):
             scale_parameter=scale_parameter,
             low_rank=False,
         )
-        super().__init__(params, defaults, seed_base=seed_base)
+        super().__init__(params, defaults, seed_base=seed_base, kernels=kernels)
 
     def _compressed(self, group: dict, p: torch.Tensor) -> bool:
         w = matrix_view(p)
@@ -140,7 +147,13 @@ class Flora(CoreOptimizer):
                 else lr
             )
             u = adafactor_direction(
-                g, state.get("exp_avg_sq_row"), state.get("exp_avg_sq_col"), state.get("exp_avg_sq"), beta2t, eps1
+                g,
+                state.get("exp_avg_sq_row"),
+                state.get("exp_avg_sq_col"),
+                state.get("exp_avg_sq"),
+                beta2t,
+                eps1,
+                self.kernels,
             )
             if "exp_avg" in state and self._compressed(group, p):
                 m_, n_ = g.shape

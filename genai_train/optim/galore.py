@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 
+from genai_train.kernels import use_triton
+from genai_train.kernels.optim import adam_direction_triton
 from genai_train.optim.base import adam_direction
 from genai_train.optim.projector import (
     ProjectedAdam,
@@ -49,6 +51,7 @@ class GaLore(ProjectedAdam):
         update_proj_gap: int = 200,
         scale: float = 0.25,
         projection: Literal["svd", "identity"] = "svd",
+        kernels: str = "auto",
     ) -> None:
         if projection not in ("svd", "identity"):
             raise ValueError(f"GaLore projection={projection!r}: choose 'svd' or 'identity'")
@@ -63,7 +66,7 @@ class GaLore(ProjectedAdam):
             projection=projection,
             low_rank=False,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, kernels=kernels)
 
     def _low_rank_step(
         self,
@@ -90,5 +93,8 @@ class GaLore(ProjectedAdam):
         alpha = lr * math.sqrt(1.0 - b2**k) / (1.0 - b1**k) * group["scale"]
         for p, g, s, m, v, (r, neg_n) in zip(params, gs, states, ms, vs, reused_workspaces(ms)):
             project(g, s["proj"], out=r)  # [m, r] tall | [r, n] wide
-            adam_direction([r], [m], [v], k, b1, b2, eps, out=[neg_n])
+            if use_triton(self.kernels, r):
+                adam_direction_triton(r, m, v, b1, b2, eps, out=neg_n)
+            else:
+                adam_direction([r], [m], [v], k, b1, b2, eps, out=[neg_n])
             project_back_(matrix_view(p), neg_n, s["proj"], alpha=alpha)
