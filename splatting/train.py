@@ -44,9 +44,10 @@ __all__ = [
 ]
 
 # What a resume cannot change: the SH degree fixes the shape of shN; the scene and its split fix which views
-# exist (and so what the saved sampler position means).
+# exist (and so what the saved sampler position means); the saved strategy state belongs to one algorithm.
 SHAPE_KEYS = (
     "sh_degree",
+    "strategy.name",
     "data.root",
     "data.factor",
     "data.test_every",
@@ -324,6 +325,7 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         "skipped_steps": skipped,
         "last_loss": last_loss,
         "n_gaussians": len(gaussians),
+        "gaussians": gaussians.state_dict(),  # the trained parameters (not written to results.json)
     }
     if end < total or not run.is_main:  # interrupted on purpose, or not the rank that writes
         return result
@@ -354,7 +356,7 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         info = save_ply(params, run.dir / "point_cloud.ply")
         if info["dropped_nonfinite"]:
             run.info(f"PLY export dropped {info['dropped_nonfinite']} Gaussians with NaN/Inf attributes")
-    (run.dir / "results.json").write_text(json.dumps(result, indent=2))
+    (run.dir / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "gaussians"}, indent=2))
     return result
 
 
