@@ -217,3 +217,11 @@ def test_every_splat_command_line_of_the_readmes_runs(scene, tmp_path, monkeypat
         assert cli_main(argv) == 0, line
     assert (tmp_path / "figurine.ply").exists() and (tmp_path / "fig" / "render" / "turntable.gif").exists()
     assert (tmp_path / "splat_figurine" / "render" / "turntable.gif").exists()
+
+
+def test_grad_clip_bounds_the_update_and_zero_turns_it_off(scene, tmp_path):
+    off = train(_cfg(scene, tmp_path / "off", steps=3))["gaussians"]
+    wide = train(_cfg(scene, tmp_path / "wide", steps=3, **{"train.grad_clip": 1e9}))["gaussians"]
+    tight = train(_cfg(scene, tmp_path / "tight", steps=3, **{"train.grad_clip": 1e-12}))["gaussians"]
+    assert all(torch.equal(off[k], wide[k]) for k in off)  # a norm never reached changes nothing
+    assert any(not torch.equal(off[k], tight[k]) for k in off)
