@@ -38,7 +38,8 @@ STEEPGS_OPTIONS = ["--strategy.estimator=inv_cov", "--strategy.min_decrease=2e-6
 
 def worker(strategy: str, steps: int, run_dir: str, threads: int, backend: str, out: str, extra: list[str]) -> None:
     from genai_train.config import load_config
-    from splatting.train import TrainConfig, train
+    from splatting.config import TrainConfig
+    from splatting.train import train
 
     cfg = load_config(
         TrainConfig,
@@ -71,7 +72,7 @@ def worker(strategy: str, steps: int, run_dir: str, threads: int, backend: str, 
 def side_by_side(runs: dict[str, dict], path: Path) -> Path | None:
     """Ground truth | ADC | SteepGS for the first held-out view, from the runs' saved test renders.
 
-    Each saved test render is ``render | ground truth`` side by side (splatting.train.evaluate).
+    Each saved test render is ``render | ground truth`` side by side (splatting.evaluate.evaluate).
     """
     import imageio.v3 as iio
     import numpy as np

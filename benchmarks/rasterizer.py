@@ -71,7 +71,7 @@ def gsplat_torch(inputs, viewmat, K, tile_size: int = 16):
     """Projection + tile intersection from gsplat's ``_torch_impl``; a per-tile autograd compositor."""
     from gsplat.cuda._torch_impl import _fully_fused_projection, _isect_offset_encode, _isect_tiles
 
-    from splatting.render.torch_raster import covariance_3d
+    from splatting.gaussians import covariance_3d
 
     means, quats, scales, opac, colors = inputs
     covars = covariance_3d(quats, scales)

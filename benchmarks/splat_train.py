@@ -34,7 +34,7 @@ def overrides(steps: int, run_dir: str, threads: int) -> list[str]:
         f"--data.root={SCENE}",
         "--data.factor=8",
         f"--run.dir={run_dir}",
-        f"--steps={steps}",
+        f"--train.steps={steps}",
         f"--run.threads={threads}",
         "--run.log_every=100",
         "--ckpt.every=0",
@@ -65,7 +65,8 @@ def main() -> None:
 
     from genai_train.bench import claim, write_result
     from genai_train.config import config_to_dict, load_config
-    from splatting.train import TrainConfig, train
+    from splatting.config import TrainConfig
+    from splatting.train import train
 
     steps = args.steps or (500 if args.quick else 1500)
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="splat_train_bench_")

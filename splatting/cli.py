@@ -6,16 +6,9 @@ import json
 from pathlib import Path
 
 from genai_train.commands import Command
-from splatting.train import (
-    EvalCommandConfig,
-    ExportCommandConfig,
-    RenderCommandConfig,
-    TrainConfig,
-    run_eval,
-    run_export,
-    run_render,
-    train,
-)
+from splatting.config import EvalCommandConfig, ExportCommandConfig, RenderCommandConfig, TrainConfig
+from splatting.evaluate import run_eval, run_export, run_render
+from splatting.train import train
 
 __all__ = ["COMMANDS", "demo"]
 
@@ -39,7 +32,7 @@ COMMANDS: dict[str, Command] = {
         shortcuts={
             "scene": "data.root",
             "data_factor": "data.factor",
-            "steps": "steps",
+            "steps": "train.steps",
             "out": "run.dir",
             "strategy": "strategy.name",
         },
@@ -89,7 +82,7 @@ def demo(out_dir: Path) -> dict[str, str]:
             f"--data.root={scene_dir}",
             "--data.factor=1",
             f"--run.dir={run_dir}",
-            "--steps=900",
+            "--train.steps=900",
             "--sh_degree=1",
             "--sh_degree_interval=300",
             "--strategy.refine_start=150",
@@ -101,7 +94,7 @@ def demo(out_dir: Path) -> dict[str, str]:
             "--run.log_every=100",
             "--render.background=white",
             "--render.tile_size=8",
-            "--lr.means_final_ratio=0.1",
+            "--optim.means_final_ratio=0.1",
             "--run.threads=1",
         ],
     )
@@ -114,7 +107,7 @@ def demo(out_dir: Path) -> dict[str, str]:
         "test_ssim": m["ssim"],
         "n_gaussians": m["n_gaussians"],
         "train_seconds": result["train_seconds"],
-        "steps": cfg.steps,
+        "steps": cfg.train.steps,
     }
     (out_dir / "splat_metrics.json").write_text(json.dumps(summary, indent=2))
     if first:

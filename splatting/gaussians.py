@@ -16,9 +16,41 @@ from torch import Tensor
 
 from splatting.render.sh import C0, num_sh_bases
 
-__all__ = ["PARAM_KEYS", "rgb_to_sh", "sh_to_rgb", "knn_mean_distance", "init_gaussians", "empty_gaussians"]
+__all__ = [
+    "PARAM_KEYS",
+    "quat_to_rotmat",
+    "covariance_3d",
+    "rgb_to_sh",
+    "sh_to_rgb",
+    "knn_mean_distance",
+    "init_gaussians",
+    "empty_gaussians",
+]
 
 PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Unit rotation from a (not necessarily normalized) wxyz quaternion. [..., 4] -> [..., 3, 3]."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
+
+
+def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
+    """Sigma = R S S^T R^T (paper Eq. 6). quats [N, 4], scales [N, 3] (linear) -> [N, 3, 3]."""
+    m = quat_to_rotmat(quats) * scales[..., None, :]  # R S
+    return m @ m.transpose(-1, -2)
 
 
 def rgb_to_sh(rgb: Tensor) -> Tensor:
@@ -80,3 +112,30 @@ def empty_gaussians(n: int, sh_degree: int = 3) -> torch.nn.ParameterDict:
     k = num_sh_bases(sh_degree) - 1
     shapes = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3), "shN": (n, k, 3)}
     return torch.nn.ParameterDict({key: torch.nn.Parameter(torch.zeros(s)) for key, s in shapes.items()})
+
+
+class GaussianModel:
+    """The Gaussians as one stateful object: ``params`` (a ParameterDict the strategies rewrite in place).
+
+    Densification changes the number of Gaussians, so loading a checkpoint resizes each Parameter to the saved
+    tensor (``Parameter.data`` is replaced; the Parameter object stays, so optimizers built on it stay bound).
+    """
+
+    def __init__(self, params: torch.nn.ParameterDict):
+        self.params = params
+
+    def __len__(self) -> int:
+        return len(self.params["means"])
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: p.detach().clone() for k, p in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        missing = set(self.params.keys()) - set(state)
+        if missing:
+            raise KeyError(f"saved Gaussians lack {sorted(missing)}")
+        for k, p in self.params.items():
+            p.data = state[k].to(device=p.device, dtype=p.dtype).clone()
+
+
+__all__ += ["GaussianModel"]

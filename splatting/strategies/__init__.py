@@ -1,8 +1,9 @@
 """Densification strategies with gsplat's interface: a dataclass of paper defaults, an explicit state
 dict, and two hooks (``step_pre_backward``, ``step_post_backward``) around ``loss.backward()``.
 
-``DensifyConfig`` is the ``strategy`` section of the training config: ``name`` picks ADC (the 3DGS
-baseline) or SteepGS; the schedule, pruning and reset fields are shared, so a comparison of the two
+The ``strategy`` section of the training config is a tagged union, ``ADCConfig | SteepGSConfig``:
+``--strategy.name`` picks ADC (the 3DGS baseline) or SteepGS, and each variant carries only its own fields
+with its own defaults. The schedule, pruning and reset fields are ADC's in both, so a comparison of the two
 changes only how Gaussians are added.
 """
 
@@ -12,25 +13,34 @@ from typing import Literal
 from splatting.strategies.adc import ADCStrategy
 from splatting.strategies.steepgs import SteepGSStrategy
 
-__all__ = ["ADCStrategy", "SteepGSStrategy", "DensifyConfig"]
+__all__ = ["ADCStrategy", "SteepGSStrategy", "ADCConfig", "SteepGSConfig", "StrategyConfig"]
+
+_NAME_HELP = "adc: clone/split by 2-D gradient (3DGS); steepgs: split saddle points once along the steepest direction"
+
+
+def _build(cfg, cls):
+    return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
 @dataclass
-class DensifyConfig(SteepGSStrategy):
-    name: Literal["adc", "steepgs"] = field(
-        default="adc",
-        metadata={
-            "help": "adc: clone/split by 2-D gradient (3DGS); steepgs: split saddle points "
-            "once along the steepest direction (the estimator/split fields apply)"
-        },
-    )
+class ADCConfig(ADCStrategy):
+    """``strategy.name=adc``: adaptive density control of 3D Gaussian Splatting (gsplat's defaults)."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.name not in ("adc", "steepgs"):
-            raise ValueError(f"strategy.name={self.name!r}; choose adc or steepgs")
+    name: Literal["adc"] = field(default="adc", metadata={"help": _NAME_HELP})
 
     def build(self) -> ADCStrategy:
         """The strategy object this section describes."""
-        cls = SteepGSStrategy if self.name == "steepgs" else ADCStrategy
-        return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
+        return _build(self, ADCStrategy)
+
+
+@dataclass
+class SteepGSConfig(SteepGSStrategy):
+    """``strategy.name=steepgs``: steepest-descent density control (the paper's defaults)."""
+
+    name: Literal["steepgs"] = field(default="steepgs", metadata={"help": _NAME_HELP})
+
+    def build(self) -> SteepGSStrategy:
+        return _build(self, SteepGSStrategy)
+
+
+StrategyConfig = ADCConfig | SteepGSConfig

@@ -16,16 +16,17 @@ import torch
 
 from splatting.strategies import ops
 
-__all__ = ["ADCStrategy"]
+__all__ = ["DensifyStrategy", "ADCStrategy"]
 
 
 @dataclass
-class ADCStrategy:
+class DensifyStrategy:
+    """What ADC and SteepGS share: statistics, schedule, pruning, opacity reset. ``_grow`` is each one's own."""
+
     prune_opa: float = field(default=0.005, metadata={"help": "prune Gaussians with opacity below this"})
     grow_grad2d: float = field(
         default=0.0002, metadata={"help": "grow Gaussians whose mean 2-D gradient norm exceeds this"}
     )
-    grow_scale3d: float = field(default=0.01, metadata={"help": "clone if max scale <= this x scene scale, else split"})
     prune_scale3d: float = field(
         default=0.1, metadata={"help": "after the first reset, prune max scale > this x scene scale"}
     )
@@ -36,7 +37,6 @@ class ADCStrategy:
         default=3000, metadata={"help": "clamp opacities to 2 x prune_opa every N steps (0: never)"}
     )
     pause_refine_after_reset: int = field(default=0, metadata={"help": "skip densification for N steps after a reset"})
-    revised_opacity: bool = field(default=False, metadata={"help": "children of a split get 1 - sqrt(1 - o)"})
     max_gaussians: int = field(default=0, metadata={"help": "stop growing beyond this many Gaussians (0: no cap)"})
 
     def __post_init__(self):
@@ -75,12 +75,23 @@ class ADCStrategy:
         )
 
     def step_post_backward(self, params, optimizers, state: dict, step: int, info: dict) -> dict:
-        """Accumulate statistics, then grow/prune and reset on schedule. Returns what happened."""
-        events: dict = {}
+        """Accumulate this view's statistics, then grow/prune and reset on schedule. Returns what happened."""
         if step >= self.refine_stop:
             # resets continue only while densification runs (as in 3DGS)
-            return events
+            return {}
         self._accumulate(params, state, info)
+        return self.refine(params, optimizers, state, step)
+
+    def accumulate(self, params, state: dict, info: dict) -> None:
+        """Add one render's statistics (``info`` after backward) to the per-Gaussian sums in ``state``."""
+        if info is not None:
+            self._accumulate(params, state, info)
+
+    def refine(self, params, optimizers, state: dict, step: int) -> dict:
+        """Grow/prune and reset on schedule from the accumulated statistics (once per optimizer step)."""
+        events: dict = {}
+        if step >= self.refine_stop:
+            return events
         if self.is_refine_step(step):
             n_dup, n_split = self._grow(params, optimizers, state, step)
             n_prune = self._prune(params, optimizers, state, step)
@@ -109,6 +120,27 @@ class ADCStrategy:
         state["grad2d"].index_add_(0, gid, grad[cam, gid].norm(dim=-1))
         state["count"].index_add_(0, gid, torch.ones_like(gid, dtype=state["count"].dtype))
 
+    def _grow(self, params, optimizers, state: dict, step: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _prune(self, params, optimizers, state: dict, step: int) -> int:
+        prune = torch.sigmoid(params["opacities"]) < self.prune_opa
+        if self.reset_every > 0 and step > self.reset_every:
+            prune |= torch.exp(params["scales"]).max(-1).values > self.prune_scale3d * state["scene_scale"]
+        n = int(prune.sum())
+        if n:
+            ops.remove(params, optimizers, state, prune)
+        return n
+
+
+@dataclass
+class ADCStrategy(DensifyStrategy):
+    """ADC: clone small Gaussians with a large mean 2-D gradient, split large ones (3DGS Sec. 5.2)."""
+
+    grow_scale3d: float = field(default=0.01, metadata={"help": "clone if max scale <= this x scene scale, else split"})
+    revised_opacity: bool = field(default=False, metadata={"help": "children of a split get 1 - sqrt(1 - o)"})
+
     @torch.no_grad()
     def _grow(self, params, optimizers, state: dict, step: int) -> tuple[int, int]:
         grads = state["grad2d"] / state["count"].clamp_min(1)
@@ -127,18 +159,13 @@ class ADCStrategy:
             splt = _cap(splt, torch.cat([grads, torch.zeros(n_dup, device=grads.device)]), room)
         n_split = int(splt.sum())
         if n_split:
-            ops.split(params, optimizers, state, splt, revised_opacity=self.revised_opacity)
+            sel = torch.where(splt)[0]
+            offsets = ops.sample_offsets(params, sel)  # [2, S, 3]
+            child_opac = None
+            if self.revised_opacity:  # 1 - sqrt(1 - o) (Rota Bulo et al. 2024)
+                child_opac = torch.logit(1.0 - torch.sqrt(1.0 - torch.sigmoid(params["opacities"][sel])))
+            ops.split(params, optimizers, state, splt, offsets, child_opac)
         return n_dup, n_split
-
-    @torch.no_grad()
-    def _prune(self, params, optimizers, state: dict, step: int) -> int:
-        prune = torch.sigmoid(params["opacities"]) < self.prune_opa
-        if self.reset_every > 0 and step > self.reset_every:
-            prune |= torch.exp(params["scales"]).max(-1).values > self.prune_scale3d * state["scene_scale"]
-        n = int(prune.sum())
-        if n:
-            ops.remove(params, optimizers, state, prune)
-        return n
 
 
 def _cap(mask: torch.Tensor, score: torch.Tensor, room: int) -> torch.Tensor:

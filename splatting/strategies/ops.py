@@ -11,9 +11,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from splatting.render.torch_raster import quat_to_rotmat
+from splatting.gaussians import quat_to_rotmat
 
-__all__ = ["update_params", "duplicate", "split", "remove", "reset_opacity"]
+__all__ = ["update_params", "duplicate", "sample_offsets", "split", "remove", "reset_opacity"]
 
 
 def update_params(
@@ -57,34 +57,40 @@ def duplicate(params, optimizers, state: dict, mask: Tensor) -> None:
     _update_state(state, lambda v: torch.cat([v, v[sel]]), n)
 
 
+def sample_offsets(params, sel: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """ADC's child offsets: two draws from each selected Gaussian, R diag(s) eps, eps ~ N(0, I). -> [2, S, 3]"""
+    scales = torch.exp(params["scales"][sel])  # [S, 3]
+    rot = quat_to_rotmat(params["quats"][sel])  # [S, 3, 3]
+    noise = torch.randn(2, len(sel), 3, generator=generator, device=scales.device, dtype=scales.dtype)
+    return torch.einsum("nij,nj,bnj->bni", rot, scales, noise)  # [2, S, 3]
+
+
 @torch.no_grad()
 def split(
     params,
     optimizers,
     state: dict,
     mask: Tensor,
-    revised_opacity: bool = False,
-    generator: torch.Generator | None = None,
+    offsets: Tensor,
+    child_opacities: Tensor | None = None,
 ) -> None:
-    """Replace each Gaussian in ``mask`` by two children sampled from it, scales / 1.6 (paper Sec. 5.2).
+    """Replace each Gaussian in ``mask`` [N] by two children at mean + ``offsets`` [2, S, 3], scales / 1.6.
 
-    ``revised_opacity`` gives each child 1 - sqrt(1 - o) (Rota Bulo et al. 2024) instead of o.
+    ``child_opacities`` [S] (logits) is the opacity each child of a parent gets (None: the parent's); the other
+    attributes are copied. Survivors keep their order and come first, then the first children, then the
+    second ones. Children's optimizer rows start at zero; their strategy-state rows are copied from the parent.
     """
     sel, rest = torch.where(mask)[0], torch.where(~mask)[0]
     n = mask.shape[0]
     scales = torch.exp(params["scales"][sel])  # [S, 3]
-    rot = quat_to_rotmat(params["quats"][sel])  # [S, 3, 3]
-    noise = torch.randn(2, len(sel), 3, generator=generator, device=scales.device, dtype=scales.dtype)
-    offsets = torch.einsum("nij,nj,bnj->bni", rot, scales, noise)  # [2, S, 3]
 
     def param_fn(name: str, p: Tensor) -> Tensor:
         if name == "means":
             child = (p[sel][None] + offsets).reshape(-1, 3)
         elif name == "scales":
             child = torch.log(scales / 1.6).repeat(2, 1)
-        elif name == "opacities" and revised_opacity:
-            o = torch.sigmoid(p[sel])
-            child = torch.logit(1.0 - torch.sqrt(1.0 - o)).repeat(2)
+        elif name == "opacities" and child_opacities is not None:
+            child = child_opacities.repeat(2)
         else:
             child = p[sel].repeat(2, *([1] * (p.ndim - 1)))
         return torch.cat([p[rest], child])

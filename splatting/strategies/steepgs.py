@@ -26,13 +26,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from splatting.render.torch_raster import covariance_3d
+from splatting.gaussians import covariance_3d
 from splatting.strategies import ops
-from splatting.strategies.adc import ADCStrategy, _cap
+from splatting.strategies.adc import DensifyStrategy, _cap
 
 __all__ = [
     "SteepGSStrategy",
-    "steepest_split",
+    "steepest_offsets",
+    "half_opacity",
     "conic_matrix",
     "conic_grad_matrix",
     "splitting_matrix_2d",
@@ -112,7 +113,7 @@ def smallest_eigen(S: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def predicted_decrease(log_scales: Tensor, lam: Tensor) -> Tensor:
-    """Second-order loss change of a split, 1/2 E|eps|^2 lambda_min, for the offsets steepest_split draws.
+    """Second-order loss change of a split, 1/2 E|eps|^2 lambda_min, for the offsets steepest_offsets draws.
 
     The children sit at +-v_min |eps| with eps ~ N(0, diag(s)), so E|eps|^2 = tr(Sigma) = sum(s^2), and the
     paper's expansion gives Delta L = 1/2 |eps|^2 lambda_min (negative at a saddle). [N, 3], [N] -> [N]
@@ -120,51 +121,25 @@ def predicted_decrease(log_scales: Tensor, lam: Tensor) -> Tensor:
     return 0.5 * torch.exp(2.0 * log_scales).sum(-1) * lam
 
 
-@torch.no_grad()
-def steepest_split(
-    params,
-    optimizers,
-    state: dict,
-    mask: Tensor,
-    directions: Tensor,
-    halve_opacity: bool = True,
-    generator: torch.Generator | None = None,
-) -> None:
-    """Replace each Gaussian in ``mask`` [N] by two children at p +- v ||eps||, eps ~ N(0, diag(s)).
+def steepest_offsets(log_scales: Tensor, directions: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Children at p +- v ||eps||, eps ~ N(0, diag(s)): offsets [2, S, 3] of S parents.
 
-    ``directions`` [N, 3] are unit vectors (v_min); the step length is drawn independently per child, as in
-    the official code. Children: scales / 1.6, opacity halved (paper) unless ``halve_opacity`` is off, other
-    attributes copied; their optimizer rows start at zero and strategy-state rows are copied from the parent.
+    log_scales [S, 3], directions [S, 3] unit vectors (v_min); the step length is drawn independently per
+    child, as in the official code.
     """
-    sel, rest = torch.where(mask)[0], torch.where(~mask)[0]
-    n = mask.shape[0]
-    scales = torch.exp(params["scales"][sel])  # [S, 3]
-    eps = torch.randn(2, len(sel), 3, generator=generator, device=scales.device, dtype=scales.dtype) * scales
+    scales = torch.exp(log_scales)  # [S, 3]
+    eps = torch.randn(2, len(scales), 3, generator=generator, device=scales.device, dtype=scales.dtype) * scales
     sign = torch.tensor([1.0, -1.0], device=scales.device, dtype=scales.dtype)[:, None, None]
-    offsets = sign * directions[sel][None] * eps.norm(dim=-1, keepdim=True)  # [2, S, 3]
+    return sign * directions[None] * eps.norm(dim=-1, keepdim=True)  # [2, S, 3]
 
-    def param_fn(name: str, p: Tensor) -> Tensor:
-        if name == "means":
-            child = (p[sel][None] + offsets).reshape(-1, 3)
-        elif name == "scales":
-            child = torch.log(scales / 1.6).repeat(2, 1)
-        elif name == "opacities" and halve_opacity:
-            child = torch.logit(0.5 * torch.sigmoid(p[sel])).repeat(2)
-        else:
-            child = p[sel].repeat(2, *([1] * (p.ndim - 1)))
-        return torch.cat([p[rest], child])
 
-    ops.update_params(
-        params,
-        optimizers,
-        param_fn,
-        lambda _, v: torch.cat([v[rest], torch.zeros((2 * len(sel),) + v.shape[1:], dtype=v.dtype, device=v.device)]),
-    )
-    ops._update_state(state, lambda v: torch.cat([v[rest], v[sel].repeat(2, *([1] * (v.ndim - 1)))]), n)
+def half_opacity(logit_opacities: Tensor) -> Tensor:
+    """The paper's child opacity o / 2, as a logit. [S] -> [S]"""
+    return torch.logit(0.5 * torch.sigmoid(logit_opacities))
 
 
 @dataclass
-class SteepGSStrategy(ADCStrategy):
+class SteepGSStrategy(DensifyStrategy):
     """SteepGS densification: split only Gaussians at saddle points, once, along v_min, at half opacity.
 
     Pruning, opacity reset and the schedule are ADC's (inherited), so a comparison isolates densification.
@@ -248,6 +223,9 @@ class SteepGSStrategy(ADCStrategy):
             mask = _cap(mask, -lam, max(0, self.max_gaussians - len(mask)))
         n_split = int(mask.sum())
         if n_split:
-            steepest_split(params, optimizers, state, mask, vec, halve_opacity=self.halve_opacity)
+            sel = torch.where(mask)[0]
+            offsets = steepest_offsets(params["scales"][sel], vec[sel])  # [2, S, 3]
+            child_opac = half_opacity(params["opacities"][sel]) if self.halve_opacity else None
+            ops.split(params, optimizers, state, mask, offsets, child_opac)
         state["S"].zero_()
         return 0, n_split

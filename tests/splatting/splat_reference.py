@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from splatting.render.torch_raster import DEFAULT_SETTINGS, RasterSettings, tile_bounds
+from splatting.render.project import DEFAULT_SETTINGS, RasterSettings, tile_bounds
 
 
 def reference_render(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from splatting.config import OptimConfig
 from splatting.gaussians import init_gaussians
 from splatting.strategies.adc import ADCStrategy
-from splatting.train import LRConfig, make_optimizers
+from splatting.train import make_optimizers
 
 
 def _setup(n=20, seed=0):
@@ -15,7 +16,7 @@ def _setup(n=20, seed=0):
     params = init_gaussians(
         torch.randn(n, 3, generator=g), torch.rand(n, 3, generator=g), sh_degree=1, init_opacity=0.9
     )
-    return params, make_optimizers(params, LRConfig(), 1.0)
+    return params, make_optimizers(params, OptimConfig(), 1.0)
 
 
 def _fake_info(n, grad_norm_px):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from splatting.gaussians import covariance_3d
+from splatting.render.project import RasterSettings, project_ewa, tile_touches
 from splatting.render.sh import sh_to_color
-from splatting.render.torch_raster import RasterSettings, covariance_3d, project_ewa, rasterize, tile_touches
+from splatting.render.torch_raster import rasterize
 
 from .splat_reference import reference_render
 

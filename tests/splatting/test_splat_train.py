@@ -10,8 +10,10 @@ pytest.importorskip("pycolmap")
 from genai_train.checkpoint import Checkpointer  # noqa: E402
 from genai_train.config import ConfigError, load_config  # noqa: E402
 from splatting.cli import COMMANDS  # noqa: E402
+from splatting.config import ExportCommandConfig, TrainConfig  # noqa: E402
+from splatting.evaluate import run_export  # noqa: E402
 from splatting.synthetic import write_colmap_scene  # noqa: E402
-from splatting.train import ExportCommandConfig, TrainConfig, run_export, train  # noqa: E402
+from splatting.train import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def _cfg(scene, run_dir, steps=14, **extra):
         f"--data.root={scene}",
         "--data.factor=1",
         f"--run.dir={run_dir}",
-        f"--steps={steps}",
+        f"--train.steps={steps}",
         "--sh_degree=1",
         "--sh_degree_interval=5",
         "--strategy.refine_start=3",
@@ -55,8 +57,8 @@ def test_resume_matches_uninterrupted_run(scene, tmp_path, strategy):
     a = Checkpointer(tmp_path / "a" / "ckpt").load_latest()
     b = Checkpointer(tmp_path / "b" / "ckpt").load_latest()
     assert a[0] == b[0] == 14
-    for k, v in a[1]["params"].items():
-        assert torch.equal(v, b[1]["params"][k]), k
+    for k, v in a[1]["gaussians"].items():
+        assert torch.equal(v, b[1]["gaussians"][k]), k
     for k in a[1]["optimizers"]:
         sa, sb = a[1]["optimizers"][k]["state"][0], b[1]["optimizers"][k]["state"][0]
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
@@ -89,7 +91,7 @@ def test_nonfinite_parameters_skip_steps_and_are_never_checkpointed(scene, tmp_p
     train(_cfg(scene, run, steps=10), stop_after=4)
     ck = Checkpointer(run / "ckpt", task="splat")
     step, state = ck.load_latest()
-    state["params"]["opacities"][0] = float("nan")
+    state["gaussians"]["opacities"][0] = float("nan")
     ck.save(step, state)  # a corrupted state, as if a NaN had slipped in
     result = train(_cfg(scene, run, steps=10))
     assert result["skipped_steps"] == 6

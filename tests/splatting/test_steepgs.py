@@ -6,9 +6,18 @@ import pytest
 import torch
 
 from splatting.render.torch_raster import rasterize
-from splatting.strategies.steepgs import SteepGSStrategy, predicted_decrease, steepest_split
+from splatting.strategies import ops
+from splatting.strategies.steepgs import SteepGSStrategy, half_opacity, predicted_decrease, steepest_offsets
 
 H = W = 16
+
+
+def steepest_split(params, optimizers, state, mask, directions, halve_opacity=True, generator=None):
+    """SteepGS's split as the strategy does it: offsets along v_min, half opacity, through ``ops.split``."""
+    sel = torch.where(mask)[0]
+    offsets = steepest_offsets(params["scales"][sel], directions[sel], generator)
+    child_opac = half_opacity(params["opacities"][sel]) if halve_opacity else None
+    ops.split(params, optimizers, state, mask, offsets, child_opac)
 
 
 def _camera():
