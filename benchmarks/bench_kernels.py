@@ -86,3 +86,27 @@ def _adam_mini_twin(opt: AdamMini, grads: list[torch.Tensor]) -> None:
     for p, g in zip(opt.param_groups[0]["params"], grads):
         p.grad = g
     opt.step()
+
+
+def steepgs_kernel_vs_twin(n: int, views: int, reps: int, device: torch.device) -> dict:
+    """SteepGS's fused accumulation of splitting matrices vs its torch twin on ``n`` random visible Gaussians."""
+    from splatting.strategies.steepgs import SteepGSStrategy
+
+    use_triton("triton", torch.empty(0, device=device))
+    g = torch.Generator(device=device).manual_seed(0)
+    means = torch.rand(n, 3, generator=g, device=device) + torch.tensor([0.0, 0.0, 3.0], device=device)
+    info = {
+        "conics": torch.rand(views, n, 3, generator=g, device=device).requires_grad_(),
+        "opacities": torch.rand(views, n, generator=g, device=device).requires_grad_(),
+        "radii": torch.ones(views, n, 2, dtype=torch.int32, device=device),
+        "viewmats": torch.eye(4, device=device).repeat(views, 1, 1),
+        "Ks": torch.tensor([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]], device=device).repeat(views, 1, 1),
+    }
+    (info["conics"].sum() + info["opacities"].sum()).backward()
+    params = {"means": means}
+    out = {}
+    for mode in ("triton", "torch"):
+        s = SteepGSStrategy(kernels=mode)
+        state = {**s.initialize_state(), "S": torch.zeros(n, 3, 3, device=device)}
+        out[mode] = _time(lambda s=s, state=state: s._accumulate_matrices(params, state, info), reps, device)
+    return {"kernel_s": out["triton"], "twin_s": out["torch"], "ratio": out["triton"] / out["torch"]}

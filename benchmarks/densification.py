@@ -112,6 +112,13 @@ def main() -> None:
         help="config overrides for the SteepGS run only, space-separated (default: %(default)s); "
         "--steepgs= runs the strategy's defaults",
     )
+    ap.add_argument(
+        "--kernels",
+        default="auto",
+        choices=["auto", "triton", "torch"],
+        help="SteepGS's strategy.kernels; with triton on a CUDA machine its fused splitting-matrix kernel is also "
+        "timed against the torch twin (claim fused_update_vs_twin.steepgs); on the CPU the twin runs",
+    )
     ap.add_argument("--worker", choices=STRATEGIES, help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -133,6 +140,19 @@ def main() -> None:
 
     if not SCENE.is_dir():
         sys.exit(f"{SCENE} is missing: this benchmark needs the figurine scene from ../shared/data")
+    import torch
+
+    kernels = {"mode": args.kernels, "used": args.kernels != "torch" and torch.cuda.is_available()}
+    if args.kernels == "triton" and torch.cuda.is_available():
+        from bench_kernels import steepgs_kernel_vs_twin
+
+        kernels["timings"] = steepgs_kernel_vs_twin(200_000, 4, 20, torch.device("cuda"))
+        print(f"SteepGS kernel vs twin: {kernels['timings']}", file=sys.stderr)
+    elif args.kernels == "triton":
+        print(
+            "--kernels triton: no CUDA device, so the Triton kernel is not used; the torch twin runs", file=sys.stderr
+        )
+    steepgs_opts = f"{args.steepgs} --strategy.kernels={args.kernels if kernels['used'] else 'torch'}".strip()
     tmp = Path(tempfile.mkdtemp(prefix="densification_bench_"))
     runs = {}
     for name in STRATEGIES:
@@ -152,7 +172,7 @@ def main() -> None:
             str(tmp / name),
             "--out",
             str(out),
-            f"--steepgs={args.steepgs}",
+            f"--steepgs={steepgs_opts}",
         ]
         subprocess.run(cmd, check=True)
         runs[name] = json.loads(out.read_text())
@@ -161,6 +181,8 @@ def main() -> None:
     ratio = steep["n_gaussians"] / adc["n_gaussians"]
     drop = adc["test_psnr_db"] - steep["test_psnr_db"]
     claims = [claim("gaussians_ratio_steepgs_vs_adc", ratio, "<=", 0.6), claim("psnr_drop_db", drop, "<=", 0.1)]
+    if "timings" in kernels:
+        claims.append(claim("fused_update_vs_twin.steepgs", kernels["timings"]["ratio"], "<=", 0.5))
     suffix = ".quick" if args.quick else ""
     image = side_by_side(runs, HERE / "results" / f"densification{suffix}.png")
     config = {
@@ -170,9 +192,9 @@ def main() -> None:
         "threads": args.threads,
         "backend": args.backend,
         "schedule": overrides(steps, "<run_dir>", args.threads),
-        "steepgs_options": args.steepgs.split(),
+        "steepgs_options": steepgs_opts.split(),
     }
-    data = {"runs": runs, "side_by_side": str(image) if image else None}
+    data = {"runs": runs, "side_by_side": str(image) if image else None, "kernels": kernels}
     path = write_result("densification", config, claims, data, quick=args.quick)
     print(json.dumps({"claims": claims}, indent=2))
     print(f"-> {path}")

@@ -218,14 +218,14 @@ def cmd_env() -> int:
         else (" (no CUDA device: the pure-PyTorch rasterizer is used)" if not cuda else " (gsplat is not installed)")
     )
     print(f"gsplat CUDA rasterizer usable: {'yes' if gsplat_ok else 'no'}{reason}")
-    from genai_train.kernels import OPTIMIZER_KERNELS, active_kernels
+    from genai_train.kernels import KERNELS, active_kernels
 
     active = active_kernels(select_device("auto"))
     if active:
         print(f"Triton kernels active (optim.kernels=auto): {', '.join(k.split(' ')[0] for k in active)}")
     else:
         reason = "no CUDA device" if not cuda else "triton is not installed"
-        names = ", ".join(k.split(" ")[0] for k in OPTIMIZER_KERNELS)
+        names = ", ".join(k.split(" ")[0] for k in KERNELS)
         print(f"Triton kernels not used ({reason}): the pure-torch twins run for {names}")
     return 0
 

@@ -26,12 +26,13 @@ __all__ = ["KernelMode", "KERNEL_MODES", "triton_available", "interpreting", "us
 KernelMode = Literal["auto", "triton", "torch"]
 KERNEL_MODES = ("auto", "triton", "torch")
 
-# the kernels of this package, as reported by `genai-train env`
-OPTIMIZER_KERNELS = (
+# the project's kernels, as reported by `genai-train env` (the last one lives in splatting/strategies/)
+KERNELS = (
     "adam_direction (GaLore/APOLLO/APOLLO-Mini moments and normalised update)",
     "channel_norm_ratio (APOLLO channel/tensor scaling)",
     "adam_mini_update (Adam-mini block means and update)",
     "adafactor_moments (Flora's factored second moment)",
+    "splitting_matrices (SteepGS's exact estimator: form, lift, accumulate)",
 )
 
 
@@ -78,4 +79,4 @@ def jit(fn: Callable) -> Callable:
 
 def active_kernels(device: torch.device | str) -> list[str]:
     """The kernels ``optim.kernels=auto`` runs on ``device`` (empty: the torch twins run)."""
-    return list(OPTIMIZER_KERNELS) if torch.device(device).type == "cuda" and triton_available() else []
+    return list(KERNELS) if torch.device(device).type == "cuda" and triton_available() else []

@@ -26,9 +26,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from genai_train.kernels import use_triton
 from splatting.gaussians import covariance_3d
 from splatting.strategies import ops
 from splatting.strategies.adc import DensifyStrategy, _cap
+from splatting.strategies.steepgs_kernel import accumulate_splitting_matrices_triton
 
 __all__ = [
     "SteepGSStrategy",
@@ -162,6 +164,13 @@ class SteepGSStrategy(DensifyStrategy):
         },
     )
     halve_opacity: bool = field(default=True, metadata={"help": "children get half the parent's opacity (paper)"})
+    kernels: Literal["auto", "triton", "torch"] = field(
+        default="auto",
+        metadata={
+            "help": "exact estimator's accumulation: auto = one fused Triton kernel on CUDA, torch = its pure-torch "
+            "twin, triton = always (CPU only under TRITON_INTERPRET=1)"
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -202,6 +211,20 @@ class SteepGSStrategy(DensifyStrategy):
         n = len(params["means"])
         if state["S"] is None or state["S"].shape[0] != n:
             state["S"] = torch.zeros(n, 3, 3, device=params["means"].device)
+        self._accumulate_matrices(params, state, info)
+
+    def _accumulate_matrices(self, params, state: dict, info: dict) -> None:
+        """state["S"] += each view's splitting matrix of every Gaussian it sees: one fused Triton kernel
+        (``steepgs_kernel``) on CUDA for the exact estimator, else the torch twin below."""
+        if self.estimator == "exact" and use_triton(self.kernels, state["S"]):
+            opac = info["opacities"]
+            if opac.grad is None:
+                raise RuntimeError("opacities have no gradient: call step_pre_backward before loss.backward()")
+            accumulate_splitting_matrices_triton(
+                state["S"], info["conics"], info["conics"].grad, opac, opac.grad, info["radii"],
+                params["means"], info["viewmats"], info["Ks"],
+            )  # fmt: skip
+            return
         S = self.view_splitting_matrices(params, info)  # [C, N, 3, 3]
         cam, gid = torch.where((info["radii"] > 0).all(-1))
         state["S"].index_add_(0, gid, S[cam, gid].to(state["S"].dtype))
