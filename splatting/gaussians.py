@@ -53,6 +53,15 @@ def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
     return m @ m.transpose(-1, -2)
 
 
+def inverse_covariance_3d(quats: Tensor, log_scales: Tensor, max_log: float = 40.0) -> Tensor:
+    """Sigma^-1 = R S^-2 R^T in closed form from the rotation and the log-scales: no matrix inversion, so it is
+    finite for a scale at 0 (log-scale -> -inf) or huge, where the float32 covariance is singular.
+    quats [N, 4], log_scales [N, 3] -> [N, 3, 3]; log-scales are clamped to +-max_log (e^80 fits float32)."""
+    inv_s = torch.exp(-log_scales.nan_to_num(0.0).clamp(-max_log, max_log))  # [N, 3]
+    m = quat_to_rotmat(quats) * inv_s[..., None, :]  # R S^-1
+    return m @ m.transpose(-1, -2)
+
+
 def rgb_to_sh(rgb: Tensor) -> Tensor:
     """Degree-0 SH coefficient whose rendered colour (C0 * c + 0.5) is ``rgb``."""
     return (rgb - 0.5) / C0

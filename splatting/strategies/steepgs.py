@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from genai_train.kernels import use_triton
-from splatting.gaussians import covariance_3d
+from splatting.gaussians import inverse_covariance_3d
 from splatting.strategies import ops
 from splatting.strategies.adc import DensifyStrategy, _cap
 from splatting.strategies.steepgs_kernel import accumulate_splitting_matrices_triton
@@ -98,13 +98,13 @@ def lift_splitting_matrix(S2d: Tensor, J: Tensor) -> Tensor:
     return J.transpose(-1, -2) @ S2d @ J
 
 
-def inv_cov_splitting_matrix(grad_opacities: Tensor, opacities: Tensor, cov3d: Tensor) -> Tensor:
+def inv_cov_splitting_matrix(grad_opacities: Tensor, opacities: Tensor, inv_cov3d: Tensor) -> Tensor:
     """The official code's cheap estimator: S ~ (o dL/do) Sigma^{-1} (3-D inverse covariance).
 
     Its smallest eigenvalue is negative iff o dL/do < 0, and then v_min is the Gaussian's shortest axis.
-    grad_opacities, opacities: [N]; cov3d: [N, 3, 3] -> [N, 3, 3]
+    grad_opacities, opacities: [..., N]; inv_cov3d: [N, 3, 3] (``inverse_covariance_3d``) -> [..., N, 3, 3]
     """
-    return (opacities * grad_opacities)[:, None, None] * torch.linalg.inv(cov3d)
+    return (opacities * grad_opacities)[..., None, None] * inv_cov3d
 
 
 def smallest_eigen(S: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,8 +196,8 @@ class SteepGSStrategy(DensifyStrategy):
         if g_opac is None:
             raise RuntimeError("opacities have no gradient: call step_pre_backward before loss.backward()")
         if self.estimator == "inv_cov":
-            cov = covariance_3d(params["quats"].detach(), torch.exp(params["scales"].detach()))  # [N, 3, 3]
-            return (opac * g_opac)[..., None, None] * torch.linalg.inv(cov)[None]
+            inv_cov = inverse_covariance_3d(params["quats"].detach(), params["scales"].detach())  # [N, 3, 3]
+            return inv_cov_splitting_matrix(g_opac, opac, inv_cov)  # [C, N, 3, 3]
         S2d = splitting_matrix_2d(info["conics"].detach(), info["conics"].grad, opac, g_opac)  # [C, N, 2, 2]
         viewmats, Ks = info["viewmats"], info["Ks"]
         R, T = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # [C, 1, 3, 3], [C, 1, 3]

@@ -289,3 +289,34 @@ def test_both_renderers_pick_the_same_candidates():
         picks[backend] = strategy.candidates(params, state)
     assert torch.equal(picks["torch"][0], picks["gsplat"][0])
     torch.testing.assert_close(picks["torch"][1], picks["gsplat"][1], rtol=1e-3, atol=1e-7)
+
+
+def test_inverse_covariance_is_closed_form_and_finite_for_degenerate_scales():
+    from splatting.gaussians import covariance_3d, inverse_covariance_3d
+
+    quats, log_s = torch.randn(4, 4), torch.randn(4, 3) * 0.5
+    inv = inverse_covariance_3d(quats, log_s)
+    eye = torch.eye(3).expand(4, 3, 3)
+    assert torch.allclose(inv @ covariance_3d(quats, log_s.exp()), eye, atol=1e-4)
+    degenerate = torch.tensor([[-200.0, 0.0, 0.0], [200.0, 1.0, 1.0], [float("-inf"), 0.0, 0.0], [-20.0, -20, -20]])
+    assert torch.isfinite(inverse_covariance_3d(quats, degenerate)).all()
+
+
+@pytest.mark.parametrize("estimator", ["exact", "inv_cov"])
+def test_estimators_stay_finite_on_degenerate_gaussians(estimator):
+    """Zero and huge scales, zero opacity and duplicate points: no error, finite matrices and candidates."""
+    params = torch.nn.ParameterDict(
+        {
+            "means": torch.nn.Parameter(torch.tensor([[0.0, 0, 4], [0.0, 0, 4], [0.5, 0, 4], [-0.5, 0, 4]])),
+            "scales": torch.nn.Parameter(
+                torch.tensor([[-30.0, 0.3, 0.3], [0.3, 0.3, 0.3], [6.0, 6, 6], [-1.0, -1, -1]])
+            ),
+            "quats": torch.nn.Parameter(torch.tensor([[1.0, 0, 0, 0]] * 4)),
+            "opacities": torch.nn.Parameter(torch.tensor([0.5, -30.0, 0.5, 0.5])),
+            "colors": torch.nn.Parameter(torch.ones(4, 3)),
+        }
+    )
+    strategy = SteepGSStrategy(estimator=estimator, grow_grad2d=0.0)
+    _, _, state = _accumulated(strategy, params, _two_blob_target())
+    mask, lam, vec = strategy.candidates(params, state)
+    assert torch.isfinite(state["S"]).all() and torch.isfinite(lam).all() and torch.isfinite(vec).all()
