@@ -29,7 +29,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from genai_train.bench import write_result  # noqa: E402
 from genai_train.config import load_config  # noqa: E402
 from growth.cli import stdlib_dir  # noqa: E402
-from growth.models import Transformer, load_hf_folder, save_hf_folder  # noqa: E402
+from growth.hf import load_hf_folder, save_hf_folder  # noqa: E402
+from growth.models import Transformer  # noqa: E402
 from growth.train import GrowConfig, GrowTrainer  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

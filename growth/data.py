@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from growth.models import TOKENIZER_FILES
+from growth.hf import TOKENIZER_FILES
 
 __all__ = ["DataConfig", "ByteTokenizer", "TextData", "load_tokenizer", "list_text_files", "mlm_mask"]
 

@@ -34,17 +34,9 @@ from genai_train.optim import OptimConfig, build_optimizer, optimizer_state_byte
 from genai_train.schedules import ScheduleConfig, build_scheduler
 from genai_train.seed import rng_state, seed_everything, set_rng_state
 from growth.data import DataConfig, TextData, load_tokenizer, mlm_mask
+from growth.hf import load_hf_folder, save_hf_folder
 from growth.ligo import LigoConfig, LigoOperator, materialize
-from growth.models import (
-    ARCHS,
-    ModelConfig,
-    Transformer,
-    forward_flops_per_token,
-    load_hf_folder,
-    parse_target,
-    save_hf_folder,
-    target_config,
-)
+from growth.models import ARCHS, ModelConfig, Transformer, forward_flops_per_token, parse_target, target_config
 
 __all__ = ["GrowConfig", "TrainSection", "RunSection", "GrowTrainer", "run", "build_target"]
 

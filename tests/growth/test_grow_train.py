@@ -7,7 +7,8 @@ import torch
 
 from genai_train.config import ConfigError, load_config
 from growth.data import ByteTokenizer, DataConfig, TextData
-from growth.models import ModelConfig, Transformer, save_hf_folder, target_config
+from growth.hf import save_hf_folder
+from growth.models import ModelConfig, Transformer, target_config
 from growth.train import GrowConfig, run
 
 TEXT = "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n" * 60
