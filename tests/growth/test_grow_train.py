@@ -45,7 +45,7 @@ def _cfg(corpus, small, run_dir, *extra):
             "--ligo.warmup_steps=1",
             "--train.steps=4",
             "--run.log_every=1",
-            "--run.eval_every=0",
+            "--eval.every=0",
             "--ckpt.every=1",
             "--run.device=cpu",
             f"--run.dir={run_dir}",
@@ -78,8 +78,8 @@ def test_operator_phase_lowers_the_loss_of_the_grown_model(corpus, small_ckpt, t
         small_ckpt,
         tmp_path / "r",
         "--ligo.steps=15",
-        "--ligo.lr=3e-3",
-        "--train.steps=0",
+        "--ligo.optim.lr=3e-3",
+        "--train.steps=1",
         "--ckpt.every=0",
     )
     run(cfg)
@@ -208,8 +208,10 @@ def test_depth_coefficients_take_their_own_learning_rate(corpus, small_ckpt, tmp
     gradients; zero gradients, here the depth coefficients of the all-zero fresh biases, do not move)."""
     from growth.train import GrowTrainer
 
-    cfg = _cfg(corpus, small_ckpt, tmp_path / "r", "--ligo.lr=1e-5", "--ligo.depth_lr=1e-2", "--ligo.warmup_steps=0")
-    tr = GrowTrainer(cfg, log=False)
+    cfg = _cfg(
+        corpus, small_ckpt, tmp_path / "r", "--ligo.optim.lr=1e-5", "--ligo.depth_lr=1e-2", "--ligo.warmup_steps=0"
+    )
+    tr = GrowTrainer(cfg)
     before = {n: p.detach().clone() for n, p in tr.op.named_parameters()}
     tr.step()
     moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in tr.op.named_parameters()}
