@@ -27,13 +27,13 @@ Small noise on the ``out`` operators breaks the symmetry between copies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
-from genai_train.optim import OptimConfig, build_optimizer, param_groups
+from genai_train.optim import OptimConfig, build_optimizer
 from growth.models import ModelConfig, Transformer
 
 __all__ = [
@@ -403,16 +403,19 @@ def materialize(op: LigoOperator, model: Transformer | None = None) -> Transform
 
 
 def operator_optimizer(op: LigoOperator, cfg: LigoConfig) -> torch.optim.Optimizer:
-    """``ligo.optim`` over the trainable operator: the width operators at ``ligo.optim.lr``, the depth
-    coefficients in their own groups at ``ligo.depth_lr`` (O(1) mixing weights that must move ~0.5)."""
-    parts = [(op.width, cfg.optim.lr), (op.depth, cfg.depth_lr if cfg.depth_lr is not None else cfg.optim.lr)]
-    parts = [(m, lr) for m, lr in parts if any(p.requires_grad for p in m.parameters())]
-    if not parts:
-        raise ValueError("ligo.train_width and ligo.train_depth are both false: the operator has nothing to train")
-    (first, lr0), rest = parts[0], parts[1:]
-    opt = build_optimizer(first.named_parameters(), replace(cfg.optim, lr=lr0), model=first)
-    for module, lr in rest:
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        for group in param_groups(named, cfg.optim, module):
-            opt.add_param_group({**group, "lr": lr})
+    """``ligo.optim`` over the trainable operator, each of its parameter groups split in two: the width
+    operators at ``ligo.optim.lr``, the depth coefficients at ``ligo.depth_lr`` (O(1) mixing weights that must
+    move by ~0.5 within the phase)."""
+    if cfg.optim.per_layer:
+        raise ValueError("ligo.optim.per_layer=true is not supported for the operator; set it false")
+    opt = build_optimizer(op.named_parameters(), cfg.optim, model=op)
+    depth_lr = cfg.depth_lr if cfg.depth_lr is not None else cfg.optim.lr
+    depth = {id(p) for p in op.depth.parameters()}
+    groups = []
+    for group in opt.param_groups:  # no step taken yet: regrouping moves no state
+        for lr, is_depth in ((cfg.optim.lr, False), (depth_lr, True)):
+            params = [p for p in group["params"] if (id(p) in depth) == is_depth]
+            if params:
+                groups.append({**group, "params": params, "lr": lr})
+    opt.param_groups = groups
     return opt
