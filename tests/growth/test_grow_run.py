@@ -73,36 +73,38 @@ def test_paths_spelled_three_ways_resume_one_run(corpus, small_ckpt, tmp_path, m
     assert f"root: {corpus.resolve()}" in saved and f"small: {small_ckpt.resolve()}" in saved
 
 
-def _ddp_worker(rank: int, args: list[str], out: str) -> None:
-    tr = GrowTrainer(load_config(GrowConfig, None, args))
-    tr.fit()
-    torch.save(tr.model.state_dict(), f"{out}/rank{rank}.pt")
-    tr.close()
+def _ddp_worker(rank: int, runs: list[list[str]], out: str) -> None:
+    for i, args in enumerate(runs):  # one spawn for every run: starting the processes is the slow part
+        tr = GrowTrainer(load_config(GrowConfig, None, args))
+        tr.fit()
+        torch.save(tr.model.state_dict(), f"{out}/run{i}_rank{rank}.pt")
+        tr.close()
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "bert"])
-def test_two_ranks_equal_one_process_on_the_combined_batch(corpus, tmp_path, arch):
-    """Both phases under 2 gloo ranks (batch 4 each) == 1 process with batch 8; rank 0 alone writes."""
-    small = small_checkpoint(tmp_path / f"small_{arch}", arch)
-    spawn_ranks(_ddp_worker, world=2, args=(_args(corpus, small, tmp_path / "ddp"), str(tmp_path)))
-    single = GrowTrainer(_cfg(corpus, small, tmp_path / "one", "--data.batch_size=8"))
-    single.fit()
-    single.close()
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    for k, v in single.model.state_dict().items():
-        assert torch.equal(r0[k], r1[k]), k
-        # 1e-6 absolute, and relative for O(1) norm gains (float sums over 4 + 4 rows vs 8, through Adam)
-        torch.testing.assert_close(r0[k], v, atol=1e-6, rtol=1e-6, msg=k)
-    steps = [r["step"] for r in _rows(tmp_path / "ddp") if "loss" in r]
-    assert steps == list(range(1, 7))  # one row a step: only rank 0 logs
-    assert [r["phase"] for r in _rows(tmp_path / "ddp") if "loss" in r] == ["ligo"] * 3 + ["train"] * 3
-    assert sorted(p.name for p in (tmp_path / "ddp" / "ckpt").iterdir() if p.name.startswith("step")) == [
-        "step_000000002",
-        "step_000000004",
-        "step_000000006",
-    ]
-    assert (tmp_path / "ddp" / "hf" / "model.safetensors").exists()
-    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["step"] == 6
+def test_two_ranks_equal_one_process_on_the_combined_batch(corpus, tmp_path):
+    """Both phases under 2 gloo ranks (batch 4 each) == 1 process with batch 8, for a decoder (GPT-2) and an
+    MLM encoder (BERT); rank 0 alone writes metrics, checkpoints, the HF folder and the summary."""
+    archs = ("gpt2", "bert")
+    smalls = [small_checkpoint(tmp_path / f"small_{arch}", arch) for arch in archs]
+    runs = [_args(corpus, small, tmp_path / f"ddp_{arch}") for arch, small in zip(archs, smalls)]
+    spawn_ranks(_ddp_worker, world=2, args=(runs, str(tmp_path)))
+    for i, (arch, small) in enumerate(zip(archs, smalls)):
+        single = GrowTrainer(_cfg(corpus, small, tmp_path / f"one_{arch}", "--data.batch_size=8"))
+        single.fit()
+        single.close()
+        r0, r1 = (torch.load(tmp_path / f"run{i}_rank{r}.pt") for r in (0, 1))
+        for k, v in single.model.state_dict().items():
+            assert torch.equal(r0[k], r1[k]), (arch, k)
+            # 1e-6 absolute, and relative for O(1) norm gains (float sums over 4 + 4 rows vs 8, through Adam)
+            torch.testing.assert_close(r0[k], v, atol=1e-6, rtol=1e-6, msg=f"{arch} {k}")
+        ddp = tmp_path / f"ddp_{arch}"
+        rows = [r for r in _rows(ddp) if "loss" in r]
+        assert [r["step"] for r in rows] == list(range(1, 7))  # one row a step: only rank 0 logs
+        assert [r["phase"] for r in rows] == ["ligo"] * 3 + ["train"] * 3
+        steps = sorted(p.name for p in (ddp / "ckpt").iterdir() if p.name.startswith("step"))
+        assert steps == ["step_000000002", "step_000000004", "step_000000006"]
+        assert (ddp / "hf" / "model.safetensors").exists()
+        assert json.loads((ddp / "summary.json").read_text())["step"] == 6
 
 
 @pytest.mark.parametrize(

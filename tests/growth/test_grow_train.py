@@ -210,5 +210,6 @@ def test_depth_coefficients_take_their_own_learning_rate(corpus, small_ckpt, tmp
     width = [v for n, v in moved.items() if n.startswith("width.")]
     assert len(depth) >= 8 and all(0.99e-2 < v <= 1.0001e-2 for v in depth), moved
     assert width and all(0.99e-5 < v <= 1.002e-5 for v in width), moved
+    tr.close()
     with pytest.raises(ValueError, match="ligo.depth_lr=-1.0 must be > 0"):
         _cfg(corpus, small_ckpt, tmp_path / "x", "--ligo.depth_lr=-1")
