@@ -406,8 +406,6 @@ def operator_optimizer(op: LigoOperator, cfg: LigoConfig) -> torch.optim.Optimiz
     """``ligo.optim`` over the trainable operator, each of its parameter groups split in two: the width
     operators at ``ligo.optim.lr``, the depth coefficients at ``ligo.depth_lr`` (O(1) mixing weights that must
     move by ~0.5 within the phase)."""
-    if cfg.optim.per_layer:
-        raise ValueError("ligo.optim.per_layer=true is not supported for the operator; set it false")
     opt = build_optimizer(op.named_parameters(), cfg.optim, model=op)
     depth_lr = cfg.depth_lr if cfg.depth_lr is not None else cfg.optim.lr
     depth = {id(p) for p in op.depth.parameters()}

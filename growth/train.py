@@ -32,6 +32,7 @@ from genai_train.data import ShardedBatchSampler
 from genai_train.device import autocast
 from genai_train.distributed import DistInfo, all_reduce_mean
 from genai_train.optim import OptimConfig, build_optimizer, optimizer_state_bytes, param_bytes
+from genai_train.optim.config import LOW_RANK_NAMES
 from genai_train.run import LoopConfig, Run, RunConfig, Value, path_field
 from genai_train.schedules import ScheduleConfig, build_scheduler
 from growth.data import DataConfig, TextData, load_tokenizer, mlm_mask
@@ -118,6 +119,16 @@ class GrowConfig:
             raise ValueError(
                 f"method={self.method} grows a checkpoint: pass --small FOLDER (a Hugging Face-format "
                 f"checkpoint); to train a model from nothing use --method=scratch with a full --target"
+            )
+        if self.method == "ligo" and self.ligo.optim.name in LOW_RANK_NAMES:
+            raise ValueError(
+                f"ligo.optim.name={self.ligo.optim.name} projects Linear weights and the operator has none; "
+                f"use --ligo.optim.name=adamw or adam_mini (--optim.name picks the training phase's optimizer)"
+            )
+        if self.optim.per_layer or self.ligo.optim.per_layer:
+            raise ValueError(
+                "optim.per_layer=true steps inside backward, before gradients are averaged over ranks and "
+                "clipped; grow needs optim.per_layer=false and ligo.optim.per_layer=false"
             )
         if not self.small:
             missing = {"n_layers", "d_model", "n_heads", "d_ff"} - set(parse_target(self.target))

@@ -52,12 +52,14 @@ def test_refused_resume_leaves_every_file_byte_identical(corpus, small_ckpt, tmp
     assert tree_hashes(run_dir) == before
 
 
-def test_missing_inputs_create_no_run_dir(corpus, small_ckpt, tmp_path):
+def test_missing_or_wrong_inputs_create_no_run_dir(corpus, small_ckpt, tmp_path):
     with pytest.raises(CheckpointFolderError, match="does not exist"):
         run(_cfg(corpus, tmp_path / "no_such_ckpt", tmp_path / "a"))
     with pytest.raises(ValueError, match="does not exist"):
         run(_cfg(tmp_path / "no_such_text", small_ckpt, tmp_path / "b"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="ligo.optim.name=galore projects Linear weights"):
+        run(_cfg(corpus, small_ckpt, tmp_path / "c", "--ligo.optim.name=galore"))
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 def test_paths_spelled_three_ways_resume_one_run(corpus, small_ckpt, tmp_path, monkeypatch):
