@@ -195,9 +195,9 @@ class GrowTrainer:
                 self.model.requires_grad_(False)
             else:
                 materialize(op, self.model)
-        saved = self.run.checkpoint
+        saved = (self.run.checkpoint or {}).get("phase")
         self.phase = Value("ligo" if self.op is not None else "train")
-        if saved is not None and saved["phase"]["value"] == "train":
+        if (saved.get("value") if isinstance(saved, dict) else saved) == "train":
             self.op, self.phase.value = None, "train"  # resumed after the operator phase: the model is saved
         self.total_steps = self.ligo_steps + cfg.train.steps
         self.sampler = ShardedBatchSampler(
