@@ -373,13 +373,13 @@ class GrowTrainer:
             run.log(0, val_loss=self.evaluate(), flops=0.0, wall=0.0)
         bar = run.logger.progress(self.total_steps, initial=self.step_count, desc=f"grow[{cfg.method}]")
         while self.step_count < end:
-            phase = self.phase.value
+            phase, lr = self.phase.value, self.opt.param_groups[0]["lr"]  # the LR this step uses
             loss = self.step()
             s = self.step_count
             bar.update(1)
             row = {}
             if run.should_log(s, self.total_steps):  # host sync only on logging steps
-                row.update(loss=all_reduce_mean(loss).item(), lr=self.sched.get_last_lr()[0], phase=phase)
+                row.update(loss=all_reduce_mean(loss).item(), lr=lr, phase=phase)
             if self._eval_due(s, phase):
                 row["val_loss"] = self.evaluate()
             if row:
