@@ -88,10 +88,10 @@ def _config(s: dict, run_dir: Path, extra: list[str], lr: float | None = None, s
             "--ckpt.every=0",
             "--ckpt.resume=never",
             f"--run.dir={run_dir}",
-            f"--train.optim.lr={lr if lr is not None else s['lr']}",
-            "--train.optim.weight_decay=0.1",
-            "--train.schedule.warmup_steps=20",
-            "--train.schedule.min_lr_ratio=0.1",
+            f"--optim.lr={lr if lr is not None else s['lr']}",
+            "--optim.weight_decay=0.1",
+            "--schedule.warmup_steps=20",
+            "--schedule.min_lr_ratio=0.1",
             f"--run.seed={seed}",
             *extra,
         ],
@@ -136,8 +136,7 @@ def main() -> None:
             work / "small",
             ["--method=scratch", f"--target={s['small']}", f"--train.steps={s['small_steps']}"],
             seed=args.seed,
-        ),
-        log=True,
+        )
     )
     small_summary = src.fit()
     print(
@@ -151,25 +150,22 @@ def main() -> None:
     # 2. three growth runs, interleaved step by step
     common = [f"--small={small_dir}", f"--target={s['target']}", f"--train.steps={s['steps']}"]
     runs = {
-        "scratch": GrowTrainer(_config(s, work / "scratch", common + ["--method=scratch"], seed=args.seed), log=True),
-        "stack": GrowTrainer(
-            _config(s, work / "stack", common + ["--method=stack"], s["grown_lr"], seed=args.seed), log=True
-        ),
+        "scratch": GrowTrainer(_config(s, work / "scratch", common + ["--method=scratch"], seed=args.seed)),
+        "stack": GrowTrainer(_config(s, work / "stack", common + ["--method=stack"], s["grown_lr"], seed=args.seed)),
     }
     ligo_args = [
         f"--small={small_dir}",
         f"--target={s['target']}",
         "--method=ligo",
         f"--ligo.steps={s['ligo_steps']}",
-        f"--ligo.lr={s['ligo_lr']}",
+        f"--ligo.optim.lr={s['ligo_lr']}",
         f"--ligo.depth_lr={s['ligo_depth_lr']}",
         "--ligo.warmup_steps=3",
     ]
 
     def ligo_run(train_steps: int) -> GrowTrainer:
         return GrowTrainer(
-            _config(s, work / "ligo", ligo_args + [f"--train.steps={train_steps}"], s["grown_lr"], seed=args.seed),
-            log=True,
+            _config(s, work / "ligo", ligo_args + [f"--train.steps={train_steps}"], s["grown_lr"], seed=args.seed)
         )
 
     # equal budgets: LiGO's training phase is shortened by the operator phase's compute, so its LR
@@ -194,7 +190,7 @@ def main() -> None:
         for m, tr in runs.items():
             if tr.step_count >= tr.total_steps:
                 continue
-            before, phase = tr.wall, tr.phase
+            before, phase = tr.wall, tr.phase.value
             tr.step()
             step_times[m if m != "ligo" else f"ligo_{phase}"].append(tr.wall - before)
             k = tr.step_count

@@ -29,7 +29,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from genai_train.bench import write_result  # noqa: E402
 from genai_train.config import load_config  # noqa: E402
 from growth.cli import stdlib_dir  # noqa: E402
-from growth.models import Transformer, load_hf_folder, save_hf_folder  # noqa: E402
+from growth.hf import load_hf_folder, save_hf_folder  # noqa: E402
+from growth.models import Transformer  # noqa: E402
 from growth.train import GrowConfig, GrowTrainer  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -87,12 +88,12 @@ def main() -> None:
             "--data.val_fraction=0.1",
             f"--ligo.steps={steps}",
             f"--ligo.warmup_steps={max(1, steps // 10)}",
-            "--ligo.lr=1e-4",
+            "--ligo.optim.lr=1e-4",
             # one q/k/v/FFN operator shared by all layers: per small layer (the paper's choice), SmolLM2's 30
             # layers of 2048 x 1536 FFN operators alone would be 189M values, more than the model
             "--ligo.per_layer=false",
             f"--ligo.depth_init={args.depth_init}",
-            "--train.steps=0",
+            "--train.steps=1",  # never taken: only the operator phase runs here
             "--run.device=cpu",
             "--ckpt.every=0",
             "--ckpt.resume=never",
@@ -100,7 +101,7 @@ def main() -> None:
             "--export=false",
         ],
     )
-    tr = GrowTrainer(cfg, log=True)
+    tr = GrowTrainer(cfg)
     src_cfg, src_sd, _ = load_hf_folder(folder)
     small = Transformer(src_cfg)
     small.load_state_dict(src_sd)

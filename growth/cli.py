@@ -24,6 +24,7 @@ COMMANDS: dict[str, Command] = {
         shortcuts={
             "small": "small",
             "target": "target",
+            "arch": "arch",
             "data": "data.root",
             "method": "method",
             "ligo-steps": "ligo.steps",
@@ -64,9 +65,9 @@ def demo(out_dir: Path) -> dict[str, str]:
         "--data.val_batches=4",
         "--run.device=cpu",
         "--run.log_every=15",
-        "--run.eval_every=15",
+        "--eval.every=15",
         "--ckpt.every=0",
-        "--train.schedule.warmup_steps=20",
+        "--schedule.warmup_steps=20",
     ]
     small = run(
         load_config(

@@ -15,7 +15,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from growth.models import TOKENIZER_FILES
+from genai_train.run import path_field
+from growth.hf import TOKENIZER_FILES
 
 __all__ = ["DataConfig", "ByteTokenizer", "TextData", "load_tokenizer", "list_text_files", "mlm_mask"]
 
@@ -24,7 +25,7 @@ __all__ = ["DataConfig", "ByteTokenizer", "TextData", "load_tokenizer", "list_te
 class DataConfig:
     """Where the text is and how it is cut into training windows."""
 
-    root: str = field(default="", metadata={"help": "a text file or a folder of text files"})
+    root: str = path_field("", "a text file or a folder of text files")
     extensions: tuple[str, ...] = field(
         default=(".txt", ".md", ".rst", ".py"), metadata={"help": "file suffixes read from a folder"}
     )
@@ -37,7 +38,7 @@ class DataConfig:
         default="auto", metadata={"help": "auto: the checkpoint folder's tokenizer when present, else bytes"}
     )
     seq_len: int = field(default=128, metadata={"help": "tokens per training window"})
-    batch_size: int = field(default=16, metadata={"help": "windows per optimizer step"})
+    batch_size: int = field(default=16, metadata={"help": "windows per micro-batch per process"})
     val_fraction: float = field(default=0.05, metadata={"help": "share of files (or tokens) held out"})
     val_batches: int = field(default=8, metadata={"help": "validation batches per evaluation"})
     mask_prob: float = field(default=0.15, metadata={"help": "MLM: share of tokens masked (BERT recipe 80/10/10)"})

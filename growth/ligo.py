@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from genai_train.optim import OptimConfig, build_optimizer
 from growth.models import ModelConfig, Transformer
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "normalised_selection",
     "attention_maps",
     "materialize",
+    "operator_optimizer",
 ]
 
 
@@ -53,7 +55,10 @@ class LigoConfig:
     """Operator phase: how the operator is initialised and trained (paper: 100 steps)."""
 
     steps: int = field(default=100, metadata={"help": "operator training steps before materializing"})
-    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate of the operator"})
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=0.0),
+        metadata={"help": "optimizer of the operator (genai_train.optim; weight decay 0 keeps it near its init)"},
+    )
     warmup_steps: int | None = field(
         default=None,
         metadata={
@@ -64,11 +69,10 @@ class LigoConfig:
     depth_lr: float | None = field(
         default=None,
         metadata={
-            "help": "AdamW learning rate of the depth coefficients (None = lr); they are O(1) mixing weights, and "
+            "help": "learning rate of the depth coefficients (None = ligo.optim.lr); they are O(1) mixing weights, and "
             "undoing the loss jump of stacking needs them to move by ~0.5 within the phase"
         },
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the operator (0: keep init)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the operator gradient norm (0: off)"})
     noise: float = field(
         default=0.01,
@@ -105,10 +109,8 @@ class LigoConfig:
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"ligo.steps={self.steps} must be >= 0")
-        if not self.lr > 0:
-            raise ValueError(f"ligo.lr={self.lr} must be > 0")
         if self.depth_lr is not None and not self.depth_lr > 0:
-            raise ValueError(f"ligo.depth_lr={self.depth_lr} must be > 0 (or null to use ligo.lr)")
+            raise ValueError(f"ligo.depth_lr={self.depth_lr} must be > 0 (or null to use ligo.optim.lr)")
         if self.warmup_steps is not None and self.steps and not 0 <= self.warmup_steps < self.steps:
             raise ValueError(
                 f"ligo.warmup_steps={self.warmup_steps} must be < ligo.steps={self.steps}, or the "
@@ -398,3 +400,20 @@ def materialize(op: LigoOperator, model: Transformer | None = None) -> Transform
     model.to(ref.device)
     model.load_state_dict({k: v.detach().clone() for k, v in op.grow().items()}, strict=True)
     return model
+
+
+def operator_optimizer(op: LigoOperator, cfg: LigoConfig) -> torch.optim.Optimizer:
+    """``ligo.optim`` over the trainable operator, each of its parameter groups split in two: the width
+    operators at ``ligo.optim.lr``, the depth coefficients at ``ligo.depth_lr`` (O(1) mixing weights that must
+    move by ~0.5 within the phase)."""
+    opt = build_optimizer(op.named_parameters(), cfg.optim, model=op)
+    depth_lr = cfg.depth_lr if cfg.depth_lr is not None else cfg.optim.lr
+    depth = {id(p) for p in op.depth.parameters()}
+    groups = []
+    for group in opt.param_groups:  # no step taken yet: regrouping moves no state
+        for lr, is_depth in ((cfg.optim.lr, False), (depth_lr, True)):
+            params = [p for p in group["params"] if (id(p) in depth) == is_depth]
+            if params:
+                groups.append({**group, "params": params, "lr": lr})
+    opt.param_groups = groups
+    return opt

@@ -7,26 +7,11 @@ import torch
 
 from genai_train.config import ConfigError, load_config
 from growth.data import ByteTokenizer, DataConfig, TextData
-from growth.models import ModelConfig, Transformer, save_hf_folder, target_config
+from growth.hf import save_hf_folder
+from growth.models import ModelConfig, Transformer, target_config
 from growth.train import GrowConfig, run
 
-TEXT = "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n" * 60
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    d = tmp_path / "text"
-    d.mkdir()
-    for i in range(4):
-        (d / f"f{i}.py").write_text(TEXT[i * 7 :] + f"# file {i}\n")
-    return d
-
-
-@pytest.fixture()
-def small_ckpt(tmp_path):
-    cfg = ModelConfig(arch="gpt2", vocab_size=257, n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
-    torch.manual_seed(0)
-    return save_hf_folder(Transformer(cfg), cfg, tmp_path / "small")
+from .conftest import TEXT
 
 
 def _cfg(corpus, small, run_dir, *extra):
@@ -44,7 +29,7 @@ def _cfg(corpus, small, run_dir, *extra):
             "--ligo.warmup_steps=1",
             "--train.steps=4",
             "--run.log_every=1",
-            "--run.eval_every=0",
+            "--eval.every=0",
             "--ckpt.every=1",
             "--run.device=cpu",
             f"--run.dir={run_dir}",
@@ -58,17 +43,24 @@ def _losses(run_dir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-@pytest.mark.parametrize("stop", [2, 6])  # interrupted in the operator phase, then in normal training
-def test_resume_matches_uninterrupted_run(corpus, small_ckpt, tmp_path, stop):
-    full = run(_cfg(corpus, small_ckpt, tmp_path / "full"))
-    run(_cfg(corpus, small_ckpt, tmp_path / "cut"), stop_after=stop)
-    assert max(_losses(tmp_path / "cut")) == stop
-    resumed = run(_cfg(corpus, small_ckpt, tmp_path / "cut"))
+@pytest.mark.parametrize(
+    "ligo_steps, train_steps, grad_accum",
+    [(6, 4, 1), (4, 6, 2)],  # step 5 inside the operator phase, then after it (with 2 micro-batches a step)
+)
+def test_resume_matches_uninterrupted_run(corpus, small_ckpt, tmp_path, ligo_steps, train_steps, grad_accum):
+    """10 steps straight == 5 steps, interrupted, resumed for 5: losses and the grown weights bit for bit."""
+    flags = (f"--ligo.steps={ligo_steps}", f"--train.steps={train_steps}", f"--train.grad_accum={grad_accum}")
+    full = run(_cfg(corpus, small_ckpt, tmp_path / "full", *flags, "--ckpt.every=0"))
+    cut = run(_cfg(corpus, small_ckpt, tmp_path / "cut", *flags, "--ckpt.every=0"), stop_after=5)
+    assert cut["step"] == 5 and cut["phase"] == ("ligo" if ligo_steps > 5 else "train")
+    assert max(_losses(tmp_path / "cut")) == 5
+    resumed = run(_cfg(corpus, small_ckpt, tmp_path / "cut", *flags, "--ckpt.every=0"))
     a, b = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
-    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert sorted(a) == sorted(b) == list(range(1, 11))
     assert all(a[s] == b[s] for s in a), (a, b)
-    assert full["val_loss"] == resumed["val_loss"]
-    assert (tmp_path / "full" / "hf" / "model.safetensors").exists()
+    assert full["val_loss"] == resumed["val_loss"] and full["flops"] == resumed["flops"]
+    weights = [(tmp_path / r / "hf" / "model.safetensors").read_bytes() for r in ("full", "cut")]
+    assert weights[0] == weights[1]
 
 
 def test_operator_phase_lowers_the_loss_of_the_grown_model(corpus, small_ckpt, tmp_path):
@@ -77,8 +69,8 @@ def test_operator_phase_lowers_the_loss_of_the_grown_model(corpus, small_ckpt, t
         small_ckpt,
         tmp_path / "r",
         "--ligo.steps=15",
-        "--ligo.lr=3e-3",
-        "--train.steps=0",
+        "--ligo.optim.lr=3e-3",
+        "--train.steps=1",
         "--ckpt.every=0",
     )
     run(cfg)
@@ -207,8 +199,10 @@ def test_depth_coefficients_take_their_own_learning_rate(corpus, small_ckpt, tmp
     gradients; zero gradients, here the depth coefficients of the all-zero fresh biases, do not move)."""
     from growth.train import GrowTrainer
 
-    cfg = _cfg(corpus, small_ckpt, tmp_path / "r", "--ligo.lr=1e-5", "--ligo.depth_lr=1e-2", "--ligo.warmup_steps=0")
-    tr = GrowTrainer(cfg, log=False)
+    cfg = _cfg(
+        corpus, small_ckpt, tmp_path / "r", "--ligo.optim.lr=1e-5", "--ligo.depth_lr=1e-2", "--ligo.warmup_steps=0"
+    )
+    tr = GrowTrainer(cfg)
     before = {n: p.detach().clone() for n, p in tr.op.named_parameters()}
     tr.step()
     moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in tr.op.named_parameters()}
@@ -216,5 +210,6 @@ def test_depth_coefficients_take_their_own_learning_rate(corpus, small_ckpt, tmp
     width = [v for n, v in moved.items() if n.startswith("width.")]
     assert len(depth) >= 8 and all(0.99e-2 < v <= 1.0001e-2 for v in depth), moved
     assert width and all(0.99e-5 < v <= 1.002e-5 for v in width), moved
+    tr.close()
     with pytest.raises(ValueError, match="ligo.depth_lr=-1.0 must be > 0"):
         _cfg(corpus, small_ckpt, tmp_path / "x", "--ligo.depth_lr=-1")

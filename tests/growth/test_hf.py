@@ -6,15 +6,9 @@ import os
 import pytest
 import torch
 
+from growth.hf import CheckpointFolderError, load_hf_folder, save_hf_folder
 from growth.ligo import LigoConfig, LigoOperator, materialize
-from growth.models import (
-    CheckpointFolderError,
-    ModelConfig,
-    Transformer,
-    load_hf_folder,
-    save_hf_folder,
-    target_config,
-)
+from growth.models import ModelConfig, Transformer, target_config
 
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

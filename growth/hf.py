@@ -1,0 +1,428 @@
+"""Hugging Face-format checkpoint folders (GPT-2, BERT, Llama families) <-> our canonical :class:`Transformer`.
+
+A checkpoint folder is ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, or a sharded
+``*.index.json``) + optional tokenizer files; no hub access is ever made. What :func:`save_hf_folder` writes,
+``transformers.AutoModelFor{CausalLM,MaskedLM}.from_pretrained`` loads with the same logits.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from growth.models import ARCHS, ModelConfig, Transformer
+
+__all__ = [
+    "CheckpointFolderError",
+    "load_hf_folder",
+    "save_hf_folder",
+    "hf_config_dict",
+    "TOKENIZER_FILES",
+]
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
+
+
+class CheckpointFolderError(ValueError):
+    """A checkpoint folder that cannot be read; the message says what is missing and how to fix it."""
+
+
+# Per-layer Hugging Face module names of our canonical ones (read and write share these tables).
+_BERT_LAYER = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "o": "attention.output.dense",
+    "attn_norm": "attention.output.LayerNorm",
+    "up": "intermediate.dense",
+    "down": "output.dense",
+    "mlp_norm": "output.LayerNorm",
+}
+_LLAMA_LINEAR = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+_LLAMA_NORMS = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointFolderError(f"{path}: cannot read JSON ({e}); the checkpoint folder is damaged") from e
+
+
+def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    st = folder / "model.safetensors"
+    if st.exists():
+        return load_file(str(st))
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            shards = sorted(set(_read_json(index)["weight_map"].values()))
+            out: dict[str, torch.Tensor] = {}
+            for s in shards:
+                p = folder / s
+                if not p.exists():
+                    raise CheckpointFolderError(f"{folder}: shard {s} listed in {index_name} is missing")
+                out.update(
+                    load_file(str(p))
+                    if s.endswith(".safetensors")
+                    else torch.load(p, map_location="cpu", weights_only=True)
+                )
+            return out
+    binf = folder / "pytorch_model.bin"
+    if binf.exists():
+        return torch.load(binf, map_location="cpu", weights_only=True)
+    raise CheckpointFolderError(
+        f"{folder}: no weights found (expected model.safetensors, pytorch_model.bin or *.index.json shards); "
+        f"pass --small a folder written by save_pretrained / genai-train grow"
+    )
+
+
+def _rope_theta(hf: dict) -> float:
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ("default", None):
+        raise CheckpointFolderError(f"llama rope_type={kind!r} (scaled RoPE) is not supported; only default RoPE")
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def _config_from_hf(hf: dict, folder: Path) -> ModelConfig:
+    mt = hf.get("model_type")
+    if mt not in ARCHS:
+        raise CheckpointFolderError(
+            f"{folder}: model_type {mt!r} is not supported; supported architectures: "
+            f"{', '.join(ARCHS)} (GPT-2, BERT and Llama families)"
+        )
+    if mt == "gpt2":
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise CheckpointFolderError(f"{folder}: gpt2 activation {act!r} is not supported (gelu_new only)")
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+            raise CheckpointFolderError(
+                f"{folder}: gpt2 scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported"
+            )
+        D = hf["n_embd"]
+        return ModelConfig(
+            arch="gpt2",
+            vocab_size=hf["vocab_size"],
+            n_layers=hf["n_layer"],
+            d_model=D,
+            n_heads=hf["n_head"],
+            d_ff=hf.get("n_inner") or 4 * D,
+            max_seq_len=hf["n_positions"],
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        )
+    if mt == "bert":
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise CheckpointFolderError(f"{folder}: bert position_embedding_type must be 'absolute'")
+        if hf.get("hidden_act", "gelu") != "gelu":
+            raise CheckpointFolderError(f"{folder}: bert hidden_act {hf.get('hidden_act')!r} unsupported (gelu)")
+        return ModelConfig(
+            arch="bert",
+            vocab_size=hf["vocab_size"],
+            n_layers=hf["num_hidden_layers"],
+            d_model=hf["hidden_size"],
+            n_heads=hf["num_attention_heads"],
+            d_ff=hf["intermediate_size"],
+            max_seq_len=hf["max_position_embeddings"],
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            norm_eps=hf.get("layer_norm_eps", 1e-12),
+            type_vocab_size=hf.get("type_vocab_size", 2),
+        )
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointFolderError(f"{folder}: llama hidden_act {hf.get('hidden_act')!r} unsupported (silu)")
+    H = hf["num_attention_heads"]
+    return ModelConfig(
+        arch="llama",
+        vocab_size=hf["vocab_size"],
+        n_layers=hf["num_hidden_layers"],
+        d_model=hf["hidden_size"],
+        n_heads=H,
+        n_kv_heads=hf.get("num_key_value_heads") or H,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // H,
+        d_ff=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=_rope_theta(hf),
+        attn_bias=bool(hf.get("attention_bias", False)),
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+    )
+
+
+def _strip(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p) :]
+                break
+        out[k.replace(".gamma", ".weight").replace(".beta", ".bias")] = v
+    return out
+
+
+def _hf_to_canonical(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """HF names -> canonical names. Returns (state, notes about what was missing and initialised)."""
+    out: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
+    D = cfg.d_model
+    if cfg.arch == "gpt2":
+        sd = _strip(sd, ("transformer.",))
+        out["tok_emb.weight"] = sd["wte.weight"]
+        out["pos_emb.weight"] = sd["wpe.weight"]
+        for i in range(cfg.n_layers):
+            p, c = f"h.{i}.", f"layers.{i}."
+            w, b = sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"]  # Conv1D: [D, 3D], (in, out)
+            for j, n in enumerate("qkv"):
+                out[c + f"{n}.weight"] = w[:, j * D : (j + 1) * D].t()
+                out[c + f"{n}.bias"] = b[j * D : (j + 1) * D]
+            out[c + "o.weight"] = sd[p + "attn.c_proj.weight"].t()
+            out[c + "o.bias"] = sd[p + "attn.c_proj.bias"]
+            out[c + "up.weight"] = sd[p + "mlp.c_fc.weight"].t()
+            out[c + "up.bias"] = sd[p + "mlp.c_fc.bias"]
+            out[c + "down.weight"] = sd[p + "mlp.c_proj.weight"].t()
+            out[c + "down.bias"] = sd[p + "mlp.c_proj.bias"]
+            for a, n in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+                out[c + f"{n}.weight"], out[c + f"{n}.bias"] = sd[p + f"{a}.weight"], sd[p + f"{a}.bias"]
+        out["final_norm.weight"], out["final_norm.bias"] = sd["ln_f.weight"], sd["ln_f.bias"]
+        if not cfg.tie_embeddings:
+            out["lm_head.weight"] = sd["lm_head.weight"]
+    elif cfg.arch == "bert":
+        sd = _strip(sd, ("bert.",))
+        e = "embeddings."
+        out["tok_emb.weight"] = sd[e + "word_embeddings.weight"]
+        out["pos_emb.weight"] = sd[e + "position_embeddings.weight"]
+        out["type_emb.weight"] = sd[e + "token_type_embeddings.weight"]
+        out["emb_norm.weight"], out["emb_norm.bias"] = sd[e + "LayerNorm.weight"], sd[e + "LayerNorm.bias"]
+        for i in range(cfg.n_layers):
+            p, c = f"encoder.layer.{i}.", f"layers.{i}."
+            for n, h in _BERT_LAYER.items():
+                out[c + f"{n}.weight"], out[c + f"{n}.bias"] = sd[p + h + ".weight"], sd[p + h + ".bias"]
+        t = "cls.predictions."
+        if t + "transform.dense.weight" in sd:
+            out["head_dense.weight"] = sd[t + "transform.dense.weight"]
+            out["head_dense.bias"] = sd[t + "transform.dense.bias"]
+            out["head_norm.weight"] = sd[t + "transform.LayerNorm.weight"]
+            out["head_norm.bias"] = sd[t + "transform.LayerNorm.bias"]
+            out["lm_head_bias"] = sd.get(t + "bias", sd.get(t + "decoder.bias"))
+            if not cfg.tie_embeddings:
+                out["lm_head.weight"] = sd[t + "decoder.weight"]
+        else:  # an encoder saved without its MLM head (e.g. sentence-transformers models)
+            g = torch.Generator().manual_seed(0)
+            out["head_dense.weight"] = torch.randn(D, D, generator=g) * 0.02
+            out["head_dense.bias"] = torch.zeros(D)
+            out["head_norm.weight"], out["head_norm.bias"] = torch.ones(D), torch.zeros(D)
+            out["lm_head_bias"] = torch.zeros(cfg.vocab_size)
+            if not cfg.tie_embeddings:
+                out["lm_head.weight"] = out["tok_emb.weight"].clone()
+            notes.append("the checkpoint has no MLM head (cls.predictions.*): a fresh head was initialised")
+    else:
+        sd = _strip(sd, ())
+        m = "model."
+        out["tok_emb.weight"] = sd[m + "embed_tokens.weight"]
+        for i in range(cfg.n_layers):
+            p, c = f"{m}layers.{i}.", f"layers.{i}."
+            for n, h in _LLAMA_LINEAR.items():
+                out[c + f"{n}.weight"] = sd[p + h + ".weight"]
+                bias_on = cfg.has_attn_bias if n in "qkvo" else cfg.has_mlp_bias
+                if bias_on:
+                    out[c + f"{n}.bias"] = sd[p + h + ".bias"]
+            out[c + "attn_norm.weight"] = sd[p + "input_layernorm.weight"]
+            out[c + "mlp_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
+        out["final_norm.weight"] = sd[m + "norm.weight"]
+        if not cfg.tie_embeddings:
+            out["lm_head.weight"] = sd["lm_head.weight"]
+    return {k: v.float().contiguous() for k, v in out.items()}, notes
+
+
+def load_hf_folder(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str]]:
+    """Read a local HF-format checkpoint folder -> (config, canonical state dict, notes)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointFolderError(
+            f"checkpoint folder {folder} does not exist (or is a file); pass --small a "
+            f"folder holding config.json and model.safetensors"
+        )
+    if not (folder / "config.json").exists():
+        raise CheckpointFolderError(
+            f"{folder}: config.json is missing; a Hugging Face-format checkpoint folder "
+            f"needs config.json plus model.safetensors or pytorch_model.bin"
+        )
+    hf = _read_json(folder / "config.json")
+    cfg = _config_from_hf(hf, folder)
+    raw = _load_weights(folder)
+    try:
+        sd, notes = _hf_to_canonical(cfg, raw)
+    except KeyError as e:
+        raise CheckpointFolderError(
+            f"{folder}: weight {e.args[0]!r} is missing for a {cfg.arch} model with "
+            f"{cfg.n_layers} layers; the weights do not match config.json"
+        ) from None
+    ref = Transformer(replace(cfg))
+    expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    for k, shape in expected.items():
+        if tuple(sd[k].shape) != shape:
+            raise CheckpointFolderError(f"{folder}: {k} has shape {tuple(sd[k].shape)}, config.json implies {shape}")
+    return cfg, sd, notes
+
+
+def hf_config_dict(cfg: ModelConfig) -> dict:
+    """config.json contents that ``transformers`` reads back into the same architecture."""
+    if cfg.arch == "gpt2":
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": cfg.vocab_size,
+            "n_positions": cfg.max_seq_len,
+            "n_embd": cfg.d_model,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_inner": cfg.d_ff,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": cfg.norm_eps,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "bos_token_id": cfg.vocab_size - 1,
+            "eos_token_id": cfg.vocab_size - 1,
+        }
+    if cfg.arch == "bert":
+        return {
+            "model_type": "bert",
+            "architectures": ["BertForMaskedLM"],
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "intermediate_size": cfg.d_ff,
+            "hidden_act": "gelu",
+            "max_position_embeddings": cfg.max_seq_len,
+            "type_vocab_size": cfg.type_vocab_size,
+            "layer_norm_eps": cfg.norm_eps,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+            "position_embedding_type": "absolute",
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "pad_token_id": 0,
+        }
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.dh,
+        "intermediate_size": cfg.d_ff,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": cfg.has_attn_bias,
+        "mlp_bias": cfg.has_mlp_bias,
+        "tie_word_embeddings": cfg.tie_embeddings,
+    }
+
+
+def _canonical_to_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if cfg.arch == "gpt2":
+        t = "transformer."
+        out[t + "wte.weight"], out[t + "wpe.weight"] = sd["tok_emb.weight"], sd["pos_emb.weight"]
+        for i in range(cfg.n_layers):
+            p, c = f"{t}h.{i}.", f"layers.{i}."
+            out[p + "attn.c_attn.weight"] = torch.cat([sd[c + f"{n}.weight"].t() for n in "qkv"], dim=1)
+            out[p + "attn.c_attn.bias"] = torch.cat([sd[c + f"{n}.bias"] for n in "qkv"])
+            out[p + "attn.c_proj.weight"], out[p + "attn.c_proj.bias"] = (
+                sd[c + "o.weight"].t(),
+                sd[c + "o.bias"],
+            )
+            out[p + "mlp.c_fc.weight"], out[p + "mlp.c_fc.bias"] = sd[c + "up.weight"].t(), sd[c + "up.bias"]
+            out[p + "mlp.c_proj.weight"] = sd[c + "down.weight"].t()
+            out[p + "mlp.c_proj.bias"] = sd[c + "down.bias"]
+            for a, n in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+                out[p + f"{a}.weight"], out[p + f"{a}.bias"] = sd[c + f"{n}.weight"], sd[c + f"{n}.bias"]
+        out[t + "ln_f.weight"], out[t + "ln_f.bias"] = sd["final_norm.weight"], sd["final_norm.bias"]
+        if not cfg.tie_embeddings:
+            out["lm_head.weight"] = sd["lm_head.weight"]
+    elif cfg.arch == "bert":
+        e = "bert.embeddings."
+        out[e + "word_embeddings.weight"] = sd["tok_emb.weight"]
+        out[e + "position_embeddings.weight"] = sd["pos_emb.weight"]
+        out[e + "token_type_embeddings.weight"] = sd["type_emb.weight"]
+        out[e + "LayerNorm.weight"], out[e + "LayerNorm.bias"] = sd["emb_norm.weight"], sd["emb_norm.bias"]
+        for i in range(cfg.n_layers):
+            p, c = f"bert.encoder.layer.{i}.", f"layers.{i}."
+            for n, h in _BERT_LAYER.items():
+                out[p + h + ".weight"], out[p + h + ".bias"] = sd[c + f"{n}.weight"], sd[c + f"{n}.bias"]
+        t = "cls.predictions."
+        out[t + "transform.dense.weight"], out[t + "transform.dense.bias"] = (
+            sd["head_dense.weight"],
+            sd["head_dense.bias"],
+        )
+        out[t + "transform.LayerNorm.weight"] = sd["head_norm.weight"]
+        out[t + "transform.LayerNorm.bias"] = sd["head_norm.bias"]
+        out[t + "bias"] = sd["lm_head_bias"]
+        if not cfg.tie_embeddings:
+            out[t + "decoder.weight"] = sd["lm_head.weight"]
+    else:
+        m = "model."
+        out[m + "embed_tokens.weight"] = sd["tok_emb.weight"]
+        for i in range(cfg.n_layers):
+            p, c = f"{m}layers.{i}.", f"layers.{i}."
+            for n, h in {**_LLAMA_LINEAR, **_LLAMA_NORMS}.items():
+                for kind in ("weight", "bias"):
+                    if c + f"{n}.{kind}" in sd:
+                        out[p + h + f".{kind}"] = sd[c + f"{n}.{kind}"]
+        out[m + "norm.weight"] = sd["final_norm.weight"]
+        if not cfg.tie_embeddings:
+            out["lm_head.weight"] = sd["lm_head.weight"]
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}
+
+
+def save_hf_folder(
+    model: Transformer | dict, cfg: ModelConfig, folder: str | Path, tokenizer_from: str | Path | None = None
+) -> Path:
+    """Write config.json + model.safetensors (+ the tokenizer files of ``tokenizer_from``) so that
+    ``transformers.AutoModelFor{CausalLM,MaskedLM}.from_pretrained(folder)`` rebuilds the same model."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    save_file(_canonical_to_hf(cfg, sd), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
+    (folder / "genai_train_model.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if tokenizer_from is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_from) / name
+            if src.exists():
+                shutil.copy2(src, folder / name)
+    return folder
