@@ -16,25 +16,25 @@ from growth.train import GrowConfig, run
 
 __all__ = ["COMMANDS", "demo", "stdlib_dir"]
 
-COMMANDS: dict[str, Command] = {
-    "": Command(
-        help="grow a small transformer checkpoint into a larger one (LiGO | stack | scratch), keep training",
-        run=run,
-        config=GrowConfig,
-        shortcuts={
-            "small": "small",
-            "target": "target",
-            "arch": "arch",
-            "data": "data.root",
-            "method": "method",
-            "ligo-steps": "ligo.steps",
-            "train-steps": "train.steps",
-            "out": "run.dir",
-        },
-        example='genai-train grow --small runs/small/hf --target "layers=8,d_model=256,heads=8,ffn=1024" '
-        "--data ~/text --ligo-steps 100 --train-steps 2000",
-    ),
-}
+_GROW = Command(
+    help="grow a small transformer checkpoint into a larger one (LiGO | stack | scratch), keep training",
+    run=run,
+    config=GrowConfig,
+    shortcuts={
+        "small": "small",
+        "target": "target",
+        "arch": "arch",
+        "data": "data.root",
+        "method": "method",
+        "ligo-steps": "ligo.steps",
+        "train-steps": "train.steps",
+        "out": "run.dir",
+    },
+    example='genai-train grow --small runs/small/hf --target "layers=8,d_model=256,heads=8,ffn=1024" '
+    "--data ~/text --ligo-steps 100 --train-steps 2000",
+)
+# `genai-train grow ...` and `genai-train grow train ...` are the same command (every task trains with `train`)
+COMMANDS: dict[str, Command] = {"": _GROW, "train": _GROW}
 
 
 def stdlib_dir() -> Path:

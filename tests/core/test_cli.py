@@ -95,3 +95,27 @@ def test_env_reports_device_and_backends(capsys):
 
     if not torch.cuda.is_available():
         assert "Triton kernels not used (no CUDA device): the pure-torch twins run for adam_direction" in out
+
+
+def _help_keys(capsys, argv: list[str]) -> list[str]:
+    assert main([*argv, "--help"]) == 0
+    return [line.split("=")[0].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+
+
+def test_every_task_lists_the_same_run_and_train_keys(capsys):
+    keys = {task: _help_keys(capsys, [task, "train"]) for task in ("lm", "diffusion", "splat", "grow")}
+    shared = {task: sorted(k for k in ks if k.startswith(("--run.", "--train."))) for task, ks in keys.items()}
+    expected = [
+        "--run.device",
+        "--run.dir",
+        "--run.log_every",
+        "--run.precision",
+        "--run.seed",
+        "--run.tensorboard",
+        "--run.threads",
+        "--train.grad_accum",
+        "--train.grad_clip",
+        "--train.steps",
+    ]
+    assert all(v == expected for v in shared.values()), shared
+    assert all("--optim.name" in ks for ks in keys.values())
