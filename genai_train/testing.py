@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["tree_hashes", "path_spellings", "free_port", "spawn_ranks", "rank_env"]
+__all__ = ["tree_hashes", "path_spellings", "free_port", "spawn_ranks", "rank_env", "tensorboard_scalars"]
 
 
 def tree_hashes(root: str | os.PathLike) -> dict[str, str]:
@@ -67,3 +67,12 @@ def spawn_ranks(fn: Callable, world: int = 2, args: tuple = ()) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+
+
+def tensorboard_scalars(run_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """``{tag: [steps]}`` of the scalars in the TensorBoard event files under ``run_dir/tb``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(run_dir) / "tb"))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

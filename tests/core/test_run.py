@@ -72,6 +72,15 @@ def test_state_that_does_not_fit_refuses_the_resume_before_anything_is_written(t
     assert tree_hashes(run) == before
 
 
+def test_lm_writes_tensorboard_scalars(tmp_path):
+    from genai_train.testing import tensorboard_scalars
+
+    cfg = tiny_cfg(tmp_path / "r", steps=3, every=0)
+    cfg.run.tensorboard = True
+    _run(cfg)
+    assert tensorboard_scalars(tmp_path / "r")["loss"] == [1, 2, 3]
+
+
 def test_missing_data_file_creates_no_run_dir(tmp_path):
     cfg = tiny_cfg(tmp_path / "never", steps=2)
     cfg.data.path = str(tmp_path / "no_such.txt")

@@ -84,6 +84,14 @@ def test_refused_resume_leaves_the_run_dir_byte_identical(tmp_path, imgs):
     assert tree_hashes(run) == before
 
 
+def test_diffusion_writes_tensorboard_scalars(tmp_path, imgs):
+    from genai_train.testing import tensorboard_scalars
+
+    train(_cfg(imgs, tmp_path / "r", 2, "--ckpt.every=0", "--run.tensorboard=true"))
+    scalars = tensorboard_scalars(tmp_path / "r")
+    assert scalars["loss"] == [1, 2] and scalars["kimg"] == [1, 2]
+
+
 def test_missing_image_folder_creates_no_run_dir(tmp_path):
     with pytest.raises(ValueError, match="no_such"):
         make_trainer(_cfg(tmp_path / "no_such", tmp_path / "never", 2))

@@ -122,3 +122,11 @@ def test_precision_and_core_optimizers_are_accepted(corpus, small_ckpt, tmp_path
         _cfg(corpus, small_ckpt, tmp_path / "r", "--ligo.steps=1", "--ligo.warmup_steps=0", "--train.steps=1", *flags)
     )
     assert out["step"] == 2 and out["val_loss"] < 10
+
+
+def test_grow_writes_tensorboard_scalars(corpus, small_ckpt, tmp_path):
+    from genai_train.testing import tensorboard_scalars
+
+    run(_cfg(corpus, small_ckpt, tmp_path / "r", "--run.tensorboard=true"))
+    scalars = tensorboard_scalars(tmp_path / "r")
+    assert scalars["loss"] == [1, 2, 3, 4, 5, 6] and "val_loss" in scalars

@@ -225,3 +225,12 @@ def test_grad_clip_bounds_the_update_and_zero_turns_it_off(scene, tmp_path):
     tight = train(_cfg(scene, tmp_path / "tight", steps=3, **{"train.grad_clip": 1e-12}))["gaussians"]
     assert all(torch.equal(off[k], wide[k]) for k in off)  # a norm never reached changes nothing
     assert any(not torch.equal(off[k], tight[k]) for k in off)
+
+
+def test_splat_writes_tensorboard_scalars(scene, tmp_path):
+    from genai_train.testing import tensorboard_scalars
+
+    cfg = load_config(TrainConfig, None, _overrides(scene, tmp_path / "r", steps=3) + ["--run.tensorboard=true"])
+    train(cfg)
+    scalars = tensorboard_scalars(tmp_path / "r")
+    assert scalars["loss"] == [1, 2, 3] and "n_gaussians" in scalars
