@@ -165,10 +165,6 @@ def _all_finite(tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
 
 
-def _all_finite(tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
-
-
 def _backgrounds(kind: str, n: int, device, gen: torch.Generator) -> Tensor | None:
     """[n, 3] backgrounds of the step's views (None: black); random ones are drawn for all ranks' views."""
     if kind == "black":
