@@ -12,6 +12,7 @@ or ``build_optimizer(named, cfg, model=model)`` to optimize a subset ``named`` o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -25,6 +26,7 @@ from genai_train.optim.config import LOW_RANK_NAMES, OPTIM_NAMES, OptimConfig
 from genai_train.optim.flora import Flora
 from genai_train.optim.galore import GaLore
 from genai_train.optim.memory import optimizer_state_bytes, param_bytes
+from genai_train.optim.projector import matrix_view
 from genai_train.optim.selection import adam_mini_blocks, low_rank_params
 
 __all__ = [
@@ -54,6 +56,13 @@ def _adamw_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig)
     return [g for g in groups if g["params"]]
 
 
+def _projection_saves(p: torch.Tensor, rank: int) -> bool:
+    """Whether GaLore/APOLLO's state of ``p`` at ``rank`` is smaller than AdamW's: moments [max side, r] and
+    the projector [r, min side] against two full moments."""
+    m, n = matrix_view(p).shape
+    return 2 * max(m, n) * rank + rank * min(m, n) < 2 * m * n
+
+
 def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig, model: nn.Module | None) -> list[dict]:
     """Parameter groups for ``cfg.name``: low-rank matrices first (``low_rank=True``), then the
     full-rank tensors with and without weight decay, each in the order of ``named``."""
@@ -72,6 +81,24 @@ def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig, 
             f"optim.name={cfg.name}: no trainable Linear/conv weight {where} to project; "
             "set optim.target=all_linear, or pick optim.name=adamw / adam_mini for this model"
         )
+    if cfg.name in ("galore", "apollo"):  # APOLLO-Mini (rank 1) and Flora (factored) always save memory
+        big = [(n, p) for n, p in named if id(p) in chosen and not _projection_saves(p, cfg.resolved_rank)]
+        if big:
+            n, p = big[0]
+            warnings.warn(
+                f"optim.name={cfg.name}: {len(big)} of {len(low)} matrices stay full-rank (AdamW inside the same "
+                f"optimizer): at rank {cfg.resolved_rank} their projected state would not be smaller than AdamW's "
+                f"(e.g. {n} {tuple(matrix_view(p).shape)}); a lower optim.rank projects them",
+                stacklevel=3,
+            )
+            chosen -= {id(p) for _, p in big}
+            low = [p for _, p in named if id(p) in chosen]
+            if not low:
+                raise ValueError(
+                    f"optim.name={cfg.name}: at rank {cfg.resolved_rank} no matrix of this model has a projected "
+                    f"state smaller than AdamW's (the largest is {tuple(matrix_view(big[0][1]).shape)}); lower "
+                    f"optim.rank or use optim.name=adamw"
+                )
     rest = [(n, p) for n, p in named if id(p) not in chosen]
     groups = [{"params": low, "weight_decay": cfg.weight_decay, "low_rank": True}] if low else []
     return groups + _adamw_groups(rest, cfg)

@@ -24,7 +24,7 @@ import torch
 
 from genai_train.kernels import use_triton
 from genai_train.kernels.optim import adam_direction_triton, channel_norm_ratio_triton
-from genai_train.optim.base import adam_direction
+from genai_train.optim.base import adam_direction, low_rank_groups
 from genai_train.optim.projector import (
     ProjectedAdam,
     gaussian,
@@ -110,6 +110,9 @@ class APOLLO(ProjectedAdam):
             scale_front=scale_front,
             norm_growth_limit=norm_growth_limit,
             low_rank=False,
+        )
+        params = low_rank_groups(
+            params, "APOLLO", {"proj": ("svd",), "proj_type": ("reverse_std", "right", "left", "full")}
         )
         super().__init__(params, defaults, seed_base=seed_base, kernels=kernels)
 

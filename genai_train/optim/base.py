@@ -124,6 +124,37 @@ def adam_direction(
     return out
 
 
+def low_rank_groups(params, method: str, unsupported: dict[str, tuple] | None = None) -> list[dict]:
+    """Param groups for a low-rank method used directly, the way the reference packages are: a group that gives
+    ``rank`` (galore-torch / apollo-torch style, ``{"params": [...], "rank": 128, "update_proj_gap": 200, ...}``)
+    is a low-rank group unless it says ``low_rank=False``. Plain parameters, or groups none of which is low-rank,
+    would silently make the method plain AdamW: refused with what to do instead. ``unsupported``: a group key
+    and the values of it the reference knows but this implementation does not (refused, never ignored)."""
+    groups = (
+        [dict(g) for g in params]
+        if isinstance(params, (list, tuple)) and params and isinstance(params[0], dict)
+        else None
+    )
+    if groups is None:
+        raise ValueError(
+            f"{method} needs to know which matrices to project: pass param groups as its reference package does, "
+            f"e.g. [{{'params': others}}, {{'params': matrices, 'rank': 128, 'update_proj_gap': 200}}], or build it "
+            f"with genai_train.optim.build_optimizer(model, OptimConfig(name=...)), which picks the matrices"
+        )
+    for g in groups:
+        if "rank" in g and "low_rank" not in g:
+            g["low_rank"] = True
+        for key, bad in (unsupported or {}).items():
+            if g.get(key) in bad:
+                raise ValueError(f"{method}: {key}={g[key]!r} is not supported here; use the default of {key}")
+    if not any(g.get("low_rank") for g in groups):
+        raise ValueError(
+            f"{method}: no param group is low-rank (none gives 'rank' or low_rank=True), so every tensor would get "
+            f"plain AdamW; add 'rank' to the group of the matrices to project"
+        )
+    return groups
+
+
 class CoreOptimizer(torch.optim.Optimizer):
     """Base class: groups parameters that hold a gradient by (group, step count) and hands each bucket
     to ``_update(group, params, t)``; subclasses implement ``_init_state`` and ``_update``.

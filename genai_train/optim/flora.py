@@ -118,8 +118,8 @@ class Flora(CoreOptimizer):
                 m, n = w.shape
                 r = group["rank"]
                 state["exp_avg"] = torch.zeros((r, n) if m < n else (m, r), **kw)
-            else:
-                state["exp_avg"] = torch.zeros(p.shape, **kw)
+            else:  # dense momentum, shaped like the update: the matrix view of a conv kernel in the low-rank group
+                state["exp_avg"] = torch.zeros(w.shape, **kw)
 
     def _projection(self, seed: int, m: int, n: int, r: int, g: torch.Tensor) -> torch.Tensor:
         lseed, rseed = split_seed(seed)

@@ -22,7 +22,7 @@ import torch
 
 from genai_train.kernels import use_triton
 from genai_train.kernels.optim import adam_direction_triton
-from genai_train.optim.base import adam_direction
+from genai_train.optim.base import adam_direction, low_rank_groups
 from genai_train.optim.projector import (
     ProjectedAdam,
     matrix_view,
@@ -66,6 +66,7 @@ class GaLore(ProjectedAdam):
             projection=projection,
             low_rank=False,
         )
+        params = low_rank_groups(params, "GaLore", {"proj_type": ("reverse_std", "right", "left", "full")})
         super().__init__(params, defaults, kernels=kernels)
 
     def _low_rank_step(

@@ -1,16 +1,19 @@
 """Which tensors get which treatment: decided by module type and shape, never by name substrings.
 
-* Low-rank methods (GaLore, APOLLO, APOLLO-Mini, Flora): the weights of ``nn.Linear`` and ``nn.Conv*``
-  modules (conv kernels viewed as (out, in * prod(kernel)) matrices) and the fused ``in_proj_weight`` of
-  ``nn.MultiheadAttention``. With ``target="blocks"`` only those inside a repeated block, i.e. below an
-  ``nn.ModuleList`` (transformer layers, UNet down/up blocks); with ``target="all_linear"`` all of them.
-  Embeddings, output heads outside the blocks, norms and biases stay full-rank.
+* Low-rank methods (GaLore, APOLLO, APOLLO-Mini, Flora): the weights of ``nn.Linear``, of transformers'
+  ``Conv1D`` (GPT-2's layers: a Linear stored as (in, out); projected as stored, which is what the reference
+  packages do with it) and ``nn.Conv*`` modules (conv kernels viewed as (out, in * prod(kernel)) matrices) and
+  the fused ``in_proj_weight`` of ``nn.MultiheadAttention``. With ``target="blocks"`` only those inside a
+  repeated block, i.e. below an ``nn.ModuleList`` (transformer layers, UNet down/up blocks); with
+  ``target="all_linear"`` all of them. Never an embedding matrix, nor a weight tied to one (GPT-2's lm_head is
+  its token embedding). Embeddings, output heads outside the blocks, norms and biases stay full-rank.
 * Adam-mini blocks (one second moment per block): query/key weights one per head, other Linear/conv
   weights and embeddings one per output row, biases one per element, anything else one per tensor.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import torch
@@ -35,16 +38,25 @@ def _walk(model: nn.Module, parents: tuple[nn.Module, ...] = ()):
         yield from _walk(child, parents + (model,))
 
 
+def linear_like_types() -> tuple[type, ...]:
+    """``nn.Linear`` and, where transformers is loaded, its ``Conv1D`` (only a model built from it has one)."""
+    hf = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(hf, "Conv1D", None)
+    return (nn.Linear, conv1d) if isinstance(conv1d, type) else (nn.Linear,)
+
+
 def low_rank_params(
     model: nn.Module, target: Literal["blocks", "all_linear"] = "blocks", include_conv: bool = True
 ) -> set[int]:
     """ids of the parameters that get the low-rank treatment (see the module docstring)."""
     chosen: set[int] = set()
+    linear = linear_like_types()
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for mod, parents in _walk(model):
         if target == "blocks" and not _inside_block(parents):
             continue
         weights: list[torch.Tensor] = []
-        if isinstance(mod, nn.Linear):
+        if isinstance(mod, linear):
             weights.append(mod.weight)
         elif include_conv and isinstance(mod, _CONV):
             weights.append(mod.weight)
@@ -53,6 +65,7 @@ def low_rank_params(
         for w in weights:
             if (
                 w is not None
+                and id(w) not in embeddings
                 and w.requires_grad
                 and w.ndim >= 2
                 and min(w.shape[0], w[0].numel()) > 1

@@ -32,7 +32,7 @@ def _cfg(name: str, **kw) -> OptimConfig:
 
 
 def _galore_identity(model, eps: float) -> GaLore:
-    groups = param_groups(list(model.named_parameters()), OptimConfig(name="galore"), model)
+    groups = param_groups(list(model.named_parameters()), OptimConfig(name="galore", rank=2), model)
     assert groups[0]["low_rank"] and len(groups[0]["params"]) == 12
     return GaLore(groups, lr=1e-3, eps=eps, rank=10**6, scale=1.0, projection="identity")
 
@@ -229,7 +229,7 @@ def test_build_optimizer_needs_the_model_for_low_rank_selection():
         build_optimizer(named, OptimConfig(name="galore"))
     with pytest.raises(ValueError, match="needs the model"):  # a generator is not looked into either
         build_optimizer(a.named_parameters(), OptimConfig(name="galore"))
-    opt = build_optimizer(named, OptimConfig(name="galore"), model=a)
+    opt = build_optimizer(named, OptimConfig(name="galore", rank=4), model=a)
     assert opt.param_groups[0]["low_rank"]
 
 
@@ -272,8 +272,27 @@ def test_low_rank_method_without_matrices_to_project_says_what_to_do():
     flat = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))  # no repeated blocks
     with pytest.raises(ValueError, match="optim.target=all_linear"):
         build_optimizer(flat, OptimConfig(name="galore"))
-    opt = build_optimizer(flat, OptimConfig(name="galore", target="all_linear", rank=2))
-    assert len(opt.param_groups[0]["params"]) == 2
+    with pytest.warns(UserWarning, match=r"1 of 2 matrices stay full-rank.*\(e.g. 2.weight \(2, 8\)\)"):
+        opt = build_optimizer(flat, OptimConfig(name="galore", target="all_linear", rank=2))
+    assert len(opt.param_groups[0]["params"]) == 1  # [8, 4] at rank 2: 40 floats of state against AdamW's 64
+
+
+def test_projection_that_would_not_save_memory_leaves_the_matrix_full_rank():
+    """The Patch Diffusion UNet's first conv at GaLore's default rank 128: [32, 288] projected keeps
+    2*288*128 + 128*32 floats against AdamW's 2*32*288, so it stays with AdamW, and the state shrinks."""
+    from genai_train.optim import optimizer_state_bytes
+
+    net = nn.Module()
+    net.blocks = nn.ModuleList([nn.Conv2d(32, 32, 3), nn.Linear(512, 512)])
+    with pytest.warns(UserWarning, match="1 of 2 matrices stay full-rank"):
+        opt = build_optimizer(net, OptimConfig(name="galore"))
+    assert opt.param_groups[0]["params"] == [net.blocks[1].weight]
+    net.blocks[0](torch.randn(1, 32, 5, 5)).sum().backward()
+    net.blocks[1](torch.randn(2, 512)).sum().backward()
+    opt.step()
+    adamw = torch.optim.AdamW(net.parameters())
+    adamw.step()
+    assert optimizer_state_bytes(opt) < optimizer_state_bytes(adamw)
 
 
 @pytest.mark.parametrize("name", ["galore", "apollo"])

@@ -1,0 +1,136 @@
+"""The optimizer core on models built from ``transformers`` (tiny configs): which matrices are projected, parity
+with the reference packages after 20 steps, and the direct use of the classes the way those packages are used."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from genai_train.optim import GaLore, OptimConfig, build_optimizer, low_rank_params  # noqa: E402
+from genai_train.optim.apollo import APOLLO  # noqa: E402
+
+from .optim_tiny import mirror_groups  # noqa: E402
+
+STEPS, TOL, VOCAB = 20, 1e-5, 64
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=16, bos_token_id=0, eos_token_id=0,
+        attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _llama():
+    cfg = transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=VOCAB, max_position_embeddings=16, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _bert():
+    cfg = transformers.BertConfig(
+        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4, vocab_size=VOCAB,
+        max_position_embeddings=16, pad_token_id=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return transformers.BertForMaskedLM(cfg)
+
+
+MODELS = {"gpt2": _gpt2, "llama": _llama, "bert": _bert}
+
+
+def _pair(kind: str):
+    torch.manual_seed(0)
+    a = MODELS[kind]().train()
+    b = MODELS[kind]().train()
+    b.load_state_dict(a.state_dict())  # (dropout is off in the configs: both runs see the same function)
+    return a, b
+
+
+def _train(model, opt, steps=STEPS):
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        ids = torch.randint(1, VOCAB, (4, 12), generator=g)
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def _rel(a, b) -> float:
+    """Worst relative difference over the parameters, leaving out attention key biases: softmax ignores a shift of
+    every key, so their gradient is zero in exact arithmetic and what reaches Adam is rounding noise (in both
+    runs, differently), which Adam's normalisation turns into full-size steps."""
+    return max(
+        ((x - y).norm() / y.norm().clamp_min(1e-12)).item()
+        for (n, x), y in zip(a.named_parameters(), b.parameters())
+        if not n.endswith("key.bias")
+    )
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_selection_projects_the_block_matrices_never_embeddings_or_tied_heads(kind):
+    model = MODELS[kind]()
+    names = {id(p): n for n, p in model.named_parameters()}
+    chosen = sorted(names[i] for i in low_rank_params(model))
+    per_layer = {"gpt2": 4, "llama": 7, "bert": 6}[kind]  # GPT-2 Conv1D: c_attn, c_proj, c_fc, mlp.c_proj
+    assert len(chosen) == 2 * per_layer, chosen
+    every = {names[i] for i in low_rank_params(model, "all_linear")}
+    assert not any("wte" in n or "embed" in n for n in every), every
+    # GPT-2's lm_head and BERT's decoder are the token embedding (tied): all_linear adds no head for them
+    extra = sorted(every - set(chosen))
+    assert extra == {"gpt2": [], "llama": ["lm_head.weight"], "bert": ["cls.predictions.transform.dense.weight"]}[kind]
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("name", ["galore", "apollo"])
+def test_parity_with_the_reference_package_on_transformers_models(kind, name):
+    ref_pkg = pytest.importorskip("galore_torch" if name == "galore" else "apollo_torch")
+    a, b = _pair(kind)
+    cfg = OptimConfig(name=name, lr=1e-2, rank=4, update_proj_gap=7, weight_decay=0.1)
+    opt = build_optimizer(a, cfg)
+    keys = {"rank": 4, "update_proj_gap": 7, "scale": cfg.resolved_scale, "proj_type": "std"}
+    if name == "apollo":
+        keys.update(proj="random", scale_type="channel")
+    groups = []
+    for g in mirror_groups(opt.param_groups, a, b):
+        ref = {"params": g["params"], "weight_decay": g["weight_decay"]}
+        groups.append({**ref, **keys} if g.get("low_rank") else ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name == "galore":
+            ref = ref_pkg.GaLoreAdamW(groups, lr=1e-2, no_deprecation_warning=True)
+        else:
+            ref = ref_pkg.APOLLOAdamW(groups, lr=1e-2)
+    _train(a, opt)
+    _train(b, ref)
+    assert _rel(a, b) < TOL
+
+
+def test_classes_take_param_groups_the_way_the_reference_packages_do():
+    a, b = _pair("llama")
+    chosen = low_rank_params(a)
+    matrices = [p for p in a.parameters() if id(p) in chosen]
+    others = [p for p in a.parameters() if id(p) not in chosen]
+    groups = [{"params": others}, {"params": matrices, "rank": 4, "update_proj_gap": 7, "scale": 0.25}]
+    opt = GaLore(groups, lr=1e-2)
+    assert [g["low_rank"] for g in opt.param_groups] == [False, True] and opt.param_groups[1]["rank"] == 4
+    built = build_optimizer(b, OptimConfig(name="galore", lr=1e-2, rank=4, update_proj_gap=7))
+    _train(a, opt, 5)
+    _train(b, built, 5)
+    assert _rel(a, b) < TOL
+
+
+def test_direct_use_that_would_silently_be_adamw_is_refused():
+    model = _llama()
+    with pytest.raises(ValueError, match="needs to know which matrices to project"):
+        GaLore(model.parameters(), lr=1e-3, rank=16)
+    with pytest.raises(ValueError, match="no param group is low-rank"):
+        APOLLO([{"params": list(model.parameters())}], lr=1e-3)
+    with pytest.raises(ValueError, match="proj=.svd. is not supported"):
+        APOLLO([{"params": list(model.parameters()), "rank": 4, "proj": "svd"}], lr=1e-3)
