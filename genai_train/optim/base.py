@@ -6,10 +6,18 @@ middle of a run continues bit-identically.
 
 Per-layer mode (GaLore, Zhao et al. 2024, Sec. 4.3 "per-layer weight updates"): a post-accumulate-grad
 hook on every parameter runs that parameter's update inside backward and frees its gradient, so full
-gradients of all layers never coexist. With gradient accumulation, set ``opt.step_in_backward = False``
-before the backward of every micro-batch but the last (gradients then accumulate in ``p.grad`` as
-usual) and ``True`` before the last one. ``opt.step()`` afterwards is a no-op for the parameters already
-updated and steps any parameter that still holds a gradient.
+gradients of all layers never coexist. ``opt.step()`` afterwards is a no-op for the parameters already
+updated and steps any parameter that still holds a gradient. Gradient accumulation, either way:
+
+* ``attach_per_layer(accumulation_steps=k)``: every k-th backward through a parameter updates it (the counts
+  run by themselves, so this works inside loops that know nothing of per-layer mode, e.g.
+  ``transformers.Trainer`` with ``gradient_accumulation_steps=k``);
+* or the loop sets ``opt.step_in_backward = False`` before the backward of every micro-batch but the last.
+
+Clipping: a global gradient norm never exists in this mode, so ``clip_grad_norm_`` after backward sees no
+gradient and clips nothing. ``attach_per_layer(clip=c)`` clips each parameter's gradient to norm c instead,
+inside its hook (per-parameter clipping, not the global norm); set the loop's own clipping off (``Trainer``:
+``max_grad_norm=0``).
 """
 
 from __future__ import annotations
@@ -171,6 +179,8 @@ class CoreOptimizer(torch.optim.Optimizer):
             raise ValueError(f"kernels={kernels!r}; choose one of {', '.join(KERNEL_MODES)}")
         self.kernels = kernels  # genai_train.kernels: Triton on CUDA (auto), or always / never
         self.step_in_backward = True
+        self.accumulation_steps, self.per_layer_clip = 1, 0.0  # per-layer mode (attach_per_layer)
+        self._backwards: dict[int, int] = {}
         self._hooks: list = []
         if seed_base is not None:
             i = 0
@@ -220,9 +230,14 @@ class CoreOptimizer(torch.optim.Optimizer):
     def per_layer(self) -> bool:
         return bool(self._hooks)
 
-    def attach_per_layer(self) -> CoreOptimizer:
-        """Step every parameter inside backward, as soon as its gradient is accumulated (module docstring).
+    def attach_per_layer(self, accumulation_steps: int = 1, clip: float = 0.0) -> CoreOptimizer:
+        """Step every parameter inside backward, as soon as its gradient is accumulated (module docstring):
+        on every ``accumulation_steps``-th backward, after clipping its gradient to norm ``clip`` (0: off).
         Single-process only: under DDP the hook would fire before the gradient all-reduce."""
+        if accumulation_steps < 1 or clip < 0:
+            raise ValueError(f"accumulation_steps must be >= 1 and clip >= 0, got {accumulation_steps} and {clip}")
+        self.accumulation_steps, self.per_layer_clip = accumulation_steps, clip
+        self._backwards: dict[int, int] = {}
         if self._hooks:
             return self
         if (
@@ -248,9 +263,14 @@ class CoreOptimizer(torch.optim.Optimizer):
     def _make_hook(self, gi: int):
         # the group is looked up at call time: load_state_dict() replaces the group dicts
         def hook(p: torch.Tensor) -> None:
-            if not self.step_in_backward or p.grad is None:
+            if p.grad is None:
+                return
+            n = self._backwards[id(p)] = self._backwards.get(id(p), 0) + 1
+            if not self.step_in_backward or n % self.accumulation_steps:
                 return
             with torch.no_grad():
+                if self.per_layer_clip > 0:
+                    torch.nn.utils.clip_grad_norm_([p], self.per_layer_clip)
                 self._step_params(self.param_groups[gi], [p])
             p.grad = None
 

@@ -134,3 +134,35 @@ def test_direct_use_that_would_silently_be_adamw_is_refused():
         APOLLO([{"params": list(model.parameters())}], lr=1e-3)
     with pytest.raises(ValueError, match="proj=.svd. is not supported"):
         APOLLO([{"params": list(model.parameters()), "rank": 4, "proj": "svd"}], lr=1e-3)
+
+
+def test_per_layer_mode_inside_transformers_trainer_steps_once_per_trainer_step(tmp_path):
+    """Trainer(optimizers=(opt, sched)) with gradient_accumulation_steps=2: four Trainer steps are four updates
+    of every weight, not eight (the hooks count the backward passes themselves)."""
+    pytest.importorskip("accelerate")
+    model = _llama()
+    opt = build_optimizer(model, OptimConfig(name="galore", lr=1e-3, rank=4))
+    opt.attach_per_layer(accumulation_steps=2, clip=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": (ids := torch.randint(1, VOCAB, (12,), generator=g)), "labels": ids} for _ in range(16)]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        max_grad_norm=0.0, report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no",
+    )  # fmt: skip
+    transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, sched)).train()
+    steps = {opt.state[p]["step"] for g in opt.param_groups for p in g["params"]}
+    assert steps == {4}
+
+
+def test_per_layer_clipping_clips_each_parameter():
+    a, b = _pair("llama")
+    ids = torch.randint(1, VOCAB, (4, 12), generator=torch.Generator().manual_seed(3))
+    clipped = build_optimizer(a, OptimConfig(name="galore", lr=1e-2, rank=4)).attach_per_layer(clip=1e-3)
+    a(input_ids=ids, labels=ids).loss.backward()
+    plain = build_optimizer(b, OptimConfig(name="galore", lr=1e-2, rank=4))
+    b(input_ids=ids, labels=ids).loss.backward()
+    for p in b.parameters():
+        p.grad = p.grad * torch.clamp(1e-3 / (p.grad.norm() + 1e-6), max=1.0)  # clip_grad_norm_'s formula
+    plain.step()
+    assert clipped.state[next(a.parameters())]["step"] == 1 and _rel(a, b) < TOL
