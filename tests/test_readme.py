@@ -42,14 +42,22 @@ SHORTEN = {
 
 
 def readme_commands() -> list[str]:
-    """The command lines in the README's code blocks (continuations joined, comments dropped)."""
-    text = (ROOT / "README.md").read_text()
-    out = []
-    for block in re.findall(r"```\n(.*?)```", text, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split("  #")[0].strip()
-            if line.startswith(("genai-train", "torchrun")):
-                out.append(" ".join(line.split()))
+    """The command lines in the README's shell code blocks (fences without a language, or sh/bash;
+    continuations joined, comments dropped)."""
+    out, block, lang = [], None, ""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            if block is None:
+                block, lang = [], line[3:].strip()
+                continue
+            if lang in ("", "sh", "bash", "shell", "console"):
+                for cmd in "\n".join(block).replace("\\\n", " ").splitlines():
+                    cmd = cmd.split("  #")[0].strip()
+                    if cmd.startswith(("genai-train", "torchrun")):
+                        out.append(" ".join(cmd.split()))
+            block = None
+        elif block is not None:
+            block.append(line)
     return out
 
 
