@@ -22,8 +22,8 @@ from torch import nn
 __all__ = ["low_rank_params", "adam_mini_blocks", "HEAD_COUNT_ATTRS", "QK_CHILD_NAMES"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-# attention modules are recognised by an integer head count under one of these attribute names
-HEAD_COUNT_ATTRS = ("num_heads", "n_heads", "n_head", "heads")
+# attention modules are recognised by their query child and sized by a head count, a head size or an HF config
+HEAD_COUNT_ATTRS = ("num_heads", "n_heads", "n_head", "heads", "num_attention_heads")
 # the query/key projections of an attention module, matched exactly on the child's own attribute name
 QK_CHILD_NAMES = frozenset({"q", "k", "q_proj", "k_proj", "wq", "wk", "query", "key", "to_q", "to_k"})
 
@@ -83,23 +83,42 @@ def _head_count(mod: nn.Module) -> int | None:
     return None
 
 
+def _head_dim(mod: nn.Module, q: nn.Linear) -> int | None:
+    """The per-head size of an attention module, from its own description: a ``head_dim`` or
+    ``attention_head_size`` attribute (transformers' Llama/BERT), a head count (``num_heads``, ...), or its HF
+    ``config`` (``head_dim``, else ``hidden_size / num_attention_heads``)."""
+    for attr in ("head_dim", "attention_head_size"):
+        v = getattr(mod, attr, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    heads = _head_count(mod)
+    if heads is None:
+        cfg = getattr(mod, "config", None)
+        explicit = getattr(cfg, "head_dim", None)
+        if isinstance(explicit, int) and explicit > 0:
+            return explicit
+        heads = getattr(cfg, "num_attention_heads", None)
+    if isinstance(heads, int) and heads > 0 and q.out_features % heads == 0:
+        return q.out_features // heads
+    return None
+
+
 def adam_mini_blocks(model: nn.Module) -> dict[int, int]:
     """id(param) -> number of second-moment blocks (rows of the (blocks, -1) view of the parameter).
 
     Adam-mini (Zhang et al. 2024, Sec. 2.3) partitions by the Hessian's block structure: query/key one
-    block per head, value/output/MLP/embedding/output head one per output row, biases one per element
-    (plain Adam), everything else (norm gains, ...) one block for the whole tensor.
+    block per head (the key's key/value heads under grouped-query attention), value/output/MLP/embedding/
+    output head one per output row, biases one per element (plain Adam), everything else (norm gains, ...)
+    one block for the whole tensor.
     """
     blocks: dict[int, int] = {}
     for mod in model.modules():
-        heads = _head_count(mod)
-        if heads is not None:
-            linears = {n: c for n, c in mod.named_children() if isinstance(c, nn.Linear)}
-            q = next((c for n, c in linears.items() if n in ("q", "q_proj", "wq", "query", "to_q")), None)
-            head_dim = q.out_features // heads if q is not None and q.out_features % heads == 0 else None
-            for name, lin in linears.items():
-                if name in QK_CHILD_NAMES and head_dim and lin.out_features % head_dim == 0:
-                    blocks.setdefault(id(lin.weight), lin.out_features // head_dim)
+        linears = {n: c for n, c in mod.named_children() if isinstance(c, nn.Linear)}
+        q = next((c for n, c in linears.items() if n in ("q", "q_proj", "wq", "query", "to_q")), None)
+        head_dim = _head_dim(mod, q) if q is not None else None
+        for name, lin in linears.items():  # query and key (grouped-query: its key/value heads) one block per head
+            if name in QK_CHILD_NAMES and head_dim and lin.out_features % head_dim == 0:
+                blocks.setdefault(id(lin.weight), lin.out_features // head_dim)
         if isinstance(mod, nn.MultiheadAttention) and mod.in_proj_weight is not None:
             blocks.setdefault(id(mod.in_proj_weight), 3 * mod.num_heads)  # q, k and v: one block per head
         for pname, p in mod.named_parameters(recurse=False):

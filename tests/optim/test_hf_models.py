@@ -166,3 +166,36 @@ def test_per_layer_clipping_clips_each_parameter():
         p.grad = p.grad * torch.clamp(1e-3 / (p.grad.norm() + 1e-6), max=1.0)  # clip_grad_norm_'s formula
     plain.step()
     assert clipped.state[next(a.parameters())]["step"] == 1 and _rel(a, b) < TOL
+
+
+def test_adam_mini_partition_comes_from_the_model_and_matches_the_package_on_llama():
+    """Grouped-query Llama: q one block per head, k one per key/value head (from the attention module's own
+    head_dim), v/o/MLP/embeddings/head one per row; 20 steps equal the adam_mini package set up as its README
+    says (dim, n_heads, n_kv_heads from the model's config)."""
+    adam_mini = pytest.importorskip("adam_mini")
+    a, b = _pair("llama")
+    # lr 1e-3 (Adam-mini's default): at 1e-2 this tiny model amplifies the last-bit difference of the block mean
+    # (mean of g^2 here, squared norm / n in the package) to 2e-5 in 20 steps
+    opt = build_optimizer(a, OptimConfig(name="adam_mini", lr=1e-3, weight_decay=0.1))
+    blocks = {n: opt.state[p]["blocks"] for n, p in a.named_parameters()}
+    attn = "model.layers.0.self_attn."
+    assert blocks[attn + "q_proj.weight"] == 4 and blocks[attn + "k_proj.weight"] == 2
+    assert blocks[attn + "v_proj.weight"] == 16 and blocks["model.layers.0.mlp.down_proj.weight"] == 32
+    assert blocks["model.embed_tokens.weight"] == VOCAB and blocks["model.norm.weight"] == 1
+    c = b.config
+    ref = adam_mini.Adam_mini(
+        named_parameters=b.named_parameters(), lr=1e-3, weight_decay=0.1, dim=c.hidden_size,
+        n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, verbose=False,
+    )  # fmt: skip
+    _train(a, opt)
+    _train(b, ref)
+    assert _rel(a, b) < TOL
+
+
+def test_adam_mini_heads_of_bert_come_from_its_attention_module():
+    model = _bert()
+    opt = build_optimizer(model, OptimConfig(name="adam_mini"))
+    blocks = {n: opt.state[p]["blocks"] for n, p in model.named_parameters()}
+    self_attn = "bert.encoder.layer.0.attention.self."
+    assert blocks[self_attn + "query.weight"] == 4 and blocks[self_attn + "key.weight"] == 4
+    assert blocks[self_attn + "value.weight"] == 32 and blocks[self_attn + "query.bias"] == 32
