@@ -280,8 +280,8 @@ def _finish(
 
 
 CROP_WORDS = {
-    "center": "kept their centre square",
-    "random": "kept a square at a random position drawn once per image from run.seed",
+    "center": "cut to their centre square",
+    "random": "cut to a square at a position drawn once per image from run.seed",
     "resize": "stretched to a square (aspect ratio changed)",
     "pad": "padded to a square with data.background",
 }
