@@ -65,6 +65,26 @@ class ExportCommandConfig:
     ema: bool = field(default=True, metadata={"help": "export the EMA weights"})
 
 
+@dataclass
+class ShapesCommandConfig:
+    """`genai-train diffusion shapes --out FOLDER`: procedural class folders to try class-conditional training."""
+
+    out: str = field(default="data/shapes", metadata={"help": "folder to write (disc/ and square/ subfolders)"})
+    n: int = field(default=96, metadata={"help": "images in all (half discs, half squares)"})
+    size: int = field(default=16, metadata={"help": "image side in pixels"})
+    seed: int = field(default=0, metadata={"help": "seed of the shapes' positions, sizes and colours"})
+
+    def __post_init__(self) -> None:
+        if self.n < 2 or self.size < 4:
+            raise ValueError(f"--n must be >= 2 and --size >= 4, got {self.n} and {self.size}")
+
+
+def run_shapes(cfg: ShapesCommandConfig) -> dict:
+    out = demo_images(Path(cfg.out), n=cfg.n, size=cfg.size, seed=cfg.seed, classes=True)
+    print(f"wrote {cfg.n} {cfg.size}px images to {out}/disc and {out}/square (train with --data.labels=folders)")
+    return {"out": str(out)}
+
+
 def run_train(cfg: DiffusionConfig) -> dict:
     from diffusion.train import train
 
@@ -239,6 +259,12 @@ COMMANDS: dict[str, Command] = {
         shortcuts={"steps": "sample.steps", "inception": "metrics.inception"},
         example="genai-train diffusion eval --ckpt runs/diffusion --ref ./images --n 1000",
     ),
+    "shapes": Command(
+        help="write procedural 16 px discs and squares in two class folders (to try data.labels=folders)",
+        run=run_shapes,
+        config=ShapesCommandConfig,
+        example="genai-train diffusion shapes --out data/shapes",
+    ),
     "export": Command(
         help="write a diffusers pipeline folder: model_index.json + unet/ + scheduler/ + edm.json",
         run=run_export,
@@ -248,8 +274,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def demo_images(folder: Path, n: int = 96, size: int = 16, seed: int = 0) -> Path:
-    """Procedural training images: a coloured disc or square on a two-tone background (PNG files)."""
+def demo_images(folder: Path, n: int = 96, size: int = 16, seed: int = 0, classes: bool = False) -> Path:
+    """Procedural training images: a coloured disc or square on a two-tone background (PNG files); with
+    ``classes`` the discs go to ``folder/disc`` and the squares to ``folder/square``."""
     from PIL import Image
 
     g = torch.Generator().manual_seed(seed)
@@ -267,7 +294,9 @@ def demo_images(folder: Path, n: int = 96, size: int = 16, seed: int = 0) -> Pat
         else:
             mask = ((xx - cx).abs() < rad) & ((yy - cy).abs() < rad)
         img = torch.where(mask[..., None], colour, img)
-        Image.fromarray(img.round().clamp(0, 255).to(torch.uint8).numpy()).save(folder / f"shape_{k:03d}.png")
+        where = folder / ("disc" if k % 2 else "square") if classes else folder
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.round().clamp(0, 255).to(torch.uint8).numpy()).save(where / f"shape_{k:03d}.png")
     return folder
 
 

@@ -194,30 +194,35 @@ class EMARampUp:
 class ProgressLog:
     """Logs Patch Diffusion's own progress units on logging steps: patches seen (a patch counts as an image,
     the paper's kimg), pixels seen, the step's patch size and the loss per pixel (also shown in the progress
-    bar), so runs with different p compare at equal steps, images or pixels. After the first step it says
+    bar), so runs with different p compare at equal steps, images or pixels. After the second step it says
     when the model is too large for the CPU."""
 
-    slow_cpu_s = 2.0  # seconds per step above which a CPU run gets a hint
+    slow_cpu_s = 2.0  # seconds per step above which a CPU run gets a hint ...
+    large_params = 4_500_000  # ... if its UNet is larger than emoji32_cpu.yaml's (3.9M) or R > 32
 
     def __init__(self, pixel_loss: PixelLoss, cfg: DiffusionConfig):
         self.pixel_loss, self.cfg = pixel_loss, cfg
         self.bar = None  # the engine's tqdm bar (captured when fit() opens it)
         self.t0: float | None = None
+        self.timing_step: int | None = None
 
     def progress(self, open_bar):
         """Wraps the logger's ``progress`` so the bar the engine opens can show the loss per pixel."""
 
         def opened(*args, **kwargs):
             self.bar = open_bar(*args, **kwargs)
-            self.t0 = time.perf_counter()
+            self.t0, self.timing_step = time.perf_counter(), None
             return self.bar
 
         return opened
 
     def __call__(self, trainer: Trainer, step: int) -> None:
-        if self.t0 is not None:
-            seconds, self.t0 = time.perf_counter() - self.t0, None
-            if trainer.device.type == "cpu" and seconds > self.slow_cpu_s:
+        if self.t0 is not None:  # timed over the second step: the first carries one-time start-up costs
+            now = time.perf_counter()
+            seconds, self.t0 = now - self.t0, (now if self.timing_step is None else None)
+            self.timing_step = step
+            large = count_params(trainer.model) > self.large_params or self.cfg.data.resolution > 32
+            if self.t0 is None and trainer.device.type == "cpu" and seconds > self.slow_cpu_s and large:
                 left = (trainer.loop.steps - step) * seconds / 3600
                 trainer.logger.info(
                     f"hint: one step took {seconds:.1f} s on the CPU (about {left:.1f} h for the remaining "

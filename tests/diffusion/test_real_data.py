@@ -255,6 +255,7 @@ def test_loss_per_pixel_and_patch_size_are_logged_and_slow_cpu_hint(tmp_path, ca
     from .images import write_images
 
     monkeypatch.setattr(ProgressLog, "slow_cpu_s", 0.0)
+    monkeypatch.setattr(ProgressLog, "large_params", 0)
     write_images(tmp_path / "d", n=2, size=(8, 8))
     t = train(_cfg(tmp_path / "d", tmp_path / "run", 2, "--patch.p=0"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
