@@ -186,7 +186,10 @@ def run_eval(cfg: EvalCommandConfig) -> dict:
 
     device = _device(cfg.device)
     model, edm, resolution = load_any(cfg.ckpt)
-    real, _ = load_image_folder(DataConfig(root=cfg.ref, resolution=resolution, channels=model.img_channels))
+    decoder = getattr(model, "latent_decoder", None)  # latent runs: compare in pixels
+    channels = decoder.vae.config.in_channels if decoder is not None else model.img_channels
+    pixels = resolution * 2 ** (len(decoder.vae.config.block_out_channels) - 1) if decoder is not None else resolution
+    real, _ = load_image_folder(DataConfig(root=cfg.ref, resolution=pixels, channels=channels))
     g = torch.Generator().manual_seed(cfg.seed)
     real = real[torch.randperm(real.shape[0], generator=g)]
     res = evaluate(

@@ -131,7 +131,7 @@ def list_files(root: Path) -> tuple[list[Path], int]:
     return images, len(files) - len(images)
 
 
-def _to_float_array(img, background: tuple[int, int, int], channels: int | str, report: LoadReport) -> np.ndarray:
+def _to_float_array(img, background: tuple[int, int, int], channels: int, report: LoadReport) -> np.ndarray:
     """A PIL image (first frame) -> float32 [H, W, C] in [0, 1], alpha composited onto ``background``."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit (or 32-bit int) grayscale

@@ -39,6 +39,11 @@ def export_model(
 
     from diffusion.pipeline import PatchDiffusionPipeline
 
+    if getattr(model, "latent_decoder", None) is not None:
+        raise NotImplementedError(
+            "exporting a latent run (model.vae) as a pipeline is not supported yet; sample it with "
+            "`genai-train diffusion sample --ckpt RUN`"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sample = sample or SampleConfig()
@@ -112,4 +117,4 @@ def load_any(path: str | Path, use_ema: bool = True) -> tuple[PatchEDM, EDMConfi
     from diffusion.train import load_run
 
     model, cfg, _ = load_run(path, use_ema=use_ema)
-    return model, cfg.edm, cfg.data.resolution
+    return model, cfg.edm, cfg.model_shape[1]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.edm import precondition
+from genai_train.run import path_field
 
 
 @dataclass
@@ -40,6 +41,9 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in backward (less memory, ~30% slower)"}
+    )
+    vae: str = path_field(
+        "", "latent Patch Diffusion: a diffusers AutoencoderKL folder on disk; train on its latents ('' = pixels)"
     )
 
     def __post_init__(self) -> None:

@@ -237,7 +237,8 @@ def generate(
     (Patch Diffusion's extrapolation). The initial noise is drawn on the CPU from ``seed``, in one piece,
     so the images do not depend on the device or on cfg.batch_size. A class-conditional model samples
     ``class_labels`` (see :func:`class_indices`; None: the classes in turn) with guidance ``cfg.guidance``.
-    ``progress``: a tqdm bar over the network calls.
+    ``progress``: a tqdm bar over the network calls. A latent model (``model.latent_decoder``) is sampled
+    on its latent grid (``resolution`` is the latent side) and decoded to pixels.
     """
     from diffusion.patches import coord_grid
 
@@ -270,7 +271,9 @@ def generate(
     if bar is not None:
         bar.close()
     model.train(was_training)
-    return torch.cat(out)
+    out = torch.cat(out)
+    decoder = getattr(model, "latent_decoder", None)  # latent Patch Diffusion: latents -> pixels
+    return decoder(out) if decoder is not None else out
 
 
 def _counted(denoise: Denoiser, bar) -> Denoiser:

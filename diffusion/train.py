@@ -20,7 +20,14 @@ from torch import Tensor, nn
 
 from diffusion.data import DataConfig, PatchBatch, PatchBatches, load_image_folder
 from diffusion.edm import EDMConfig, edm_loss, sample_sigma
-from diffusion.model import ModelConfig, PatchEDM, build_unet, check_patch_setting, count_params
+from diffusion.model import (
+    ModelConfig,
+    PatchEDM,
+    build_unet,
+    check_patch_setting,
+    count_params,
+    suggest_resolution,
+)
 from diffusion.patches import PatchConfig, mean_batch_multiplier, patch_choices
 from diffusion.sample import SampleConfig, generate, image_grid
 from genai_train.checkpoint import CheckpointConfig
@@ -96,9 +103,32 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         # The UNet must take every patch side without rounding; the error names a setting that works.
-        check_patch_setting(
-            self.data.resolution, self.patch.p, self.model.downsample_factor, len(self.model.block_out_channels)
-        )
+        down, levels = self.model.downsample_factor, len(self.model.block_out_channels)
+        if not self.model.vae:
+            check_patch_setting(self.data.resolution, self.patch.p, down, levels)
+            return
+        from diffusion.latent import latent_shape, vae_config, vae_factor
+
+        f = vae_factor(vae_config(self.model.vae))
+        _, side = latent_shape(self.model.vae, None, self.data.resolution)
+        try:
+            check_patch_setting(side, self.patch.p, down, levels)
+        except ValueError as e:
+            good = suggest_resolution(side, self.patch.p, down) * f
+            raise ValueError(
+                f"latent side {side} (data.resolution={self.data.resolution} / the autoencoder's {f}): {e}; in "
+                f"pixels: --data.resolution={good}"
+            ) from None
+
+    @property
+    def model_shape(self) -> tuple[int, int]:
+        """(channels, side) of what the UNet denoises: the images, or the autoencoder's latents."""
+        channels = self.data.channels if self.data.channels != "auto" else None
+        if not self.model.vae:
+            return channels, self.data.resolution
+        from diffusion.latent import latent_shape
+
+        return latent_shape(self.model.vae, channels, self.data.resolution)
 
 
 class PixelLoss:
@@ -157,8 +187,20 @@ def diffusion_loss(
 def build_model(cfg: DiffusionConfig, classes: list[str] | None = None) -> PatchEDM:
     if cfg.data.channels == "auto":
         raise ValueError("data.channels=auto must be resolved from the images before the model is built")
-    unet = build_unet(cfg.model, cfg.data.channels, cfg.data.resolution, num_classes=len(classes or []))
+    channels, side = cfg.model_shape
+    unet = build_unet(cfg.model, channels, side, num_classes=len(classes or []))
     return PatchEDM(unet, cfg.edm.sigma_data, classes)
+
+
+def attach_vae(model: PatchEDM, cfg: DiffusionConfig, vae=None):
+    """Latent runs: let ``generate`` decode the model's samples with the frozen VAE (loaded unless given)."""
+    if not cfg.model.vae:
+        return None
+    from diffusion.latent import LatentDecoder, load_vae
+
+    vae = vae if vae is not None else load_vae(cfg.model.vae)
+    model.latent_decoder = LatentDecoder(vae, cfg.model.vae)  # a plain attribute: not trained, not saved
+    return vae
 
 
 class ClassNames:
@@ -260,7 +302,7 @@ class PreviewGrid:
             self.cfg.preview.n,  # a class-conditional model: the classes in turn
             scfg,
             self.cfg.edm,
-            self.cfg.data.resolution,
+            self.cfg.model_shape[1],  # latent runs: the latent side (generate decodes)
             seed=self.cfg.run.seed,
             device=trainer.device,
         )
@@ -310,6 +352,18 @@ def make_trainer(
         )
     if bool(classes) != (labels is not None):
         raise ValueError("give labels and class names together (or neither)")
+    latent_line, vae = None, None
+    if cfg.model.vae:  # encode the dataset once; the patches are cut from the latents
+        from diffusion.latent import encode, latent_shape, load_vae
+
+        latent_shape(cfg.model.vae, cfg.data.channels, cfg.data.resolution)  # refuses before anything loads
+        vae = load_vae(cfg.model.vae)
+        pixels = tuple(images.shape[1:])
+        images = encode(vae, images)  # [N, c, R/f, R/f]
+        latent_line = (
+            f"latent Patch Diffusion: {images.shape[0]} images {pixels} encoded once by {cfg.model.vae} into "
+            f"latents {tuple(images.shape[1:])}; patches and coordinates on the latent grid"
+        )
     seed_everything(cfg.run.seed)  # the model's initial weights depend only on the seed
     model = build_model(cfg, classes)
     if cfg.model.gradient_checkpointing:
@@ -352,10 +406,14 @@ def make_trainer(
         callbacks=callbacks,
     )
     trainer.logger.progress = progress.progress(trainer.logger.progress)
+    if cfg.model.vae:
+        for m in (trainer.model, trainer.ema.module if trainer.ema is not None else None):
+            if m is not None:
+                attach_vae(m, cfg, vae)
     if ramp is not None and trainer.ema is not None and trainer.resumed_from is None:
         trainer.ema.decay = ramp.decay_for(1)
     if trainer.is_main:
-        for line in lines:
+        for line in lines + ([latent_line] if latent_line else []):
             trainer.logger.info(line)
     if trainer.is_main and trainer.resumed_from is None:
         mul = mean_batch_multiplier(cfg.data.resolution, cfg.patch)
@@ -407,6 +465,7 @@ def load_run(
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint under ckpt/; train longer or pass another run")
     step, state = found
     model = build_model(cfg, state.get("task", {}).get("classes", []))
+    attach_vae(model, cfg)
     weights = state["ema"]["module"] if (use_ema and "ema" in state) else state["model"]
     model.load_state_dict(weights)
     return model.eval(), cfg, step
