@@ -215,7 +215,7 @@ def run_export(cfg: ExportCommandConfig) -> dict:
     from diffusion.train import load_run
 
     model, run_cfg, step = load_run(cfg.ckpt, use_ema=cfg.ema)
-    out = export_model(model, run_cfg.edm, run_cfg.data.resolution, cfg.out, run_cfg.sample)
+    out = export_model(model, run_cfg.edm, run_cfg.model_shape[1], cfg.out, run_cfg.sample)
     classes = f"; {len(model.classes)} classes: {', '.join(model.classes)}" if model.classes else ""
     print(
         f"exported step {step} of {cfg.ckpt} to {out}{classes}\n"

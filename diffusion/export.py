@@ -6,6 +6,7 @@ Layout::
     out/pipeline.py       imports diffusion.pipeline.PatchDiffusionPipeline from the installed genai-train
     out/unet/             config.json + safetensors: UNet2DModel.from_pretrained(out, subfolder="unet")
     out/scheduler/        EDMEulerScheduler.from_pretrained(out, subfolder="scheduler")
+    out/vae/              latent runs only: the AutoencoderKL (AutoencoderKL.from_pretrained(out, subfolder="vae"))
     out/edm.json          sigma_data, sampling defaults, coordinate convention, class names
 
 The UNet takes C + 2 channels: cat(c_in x, pos), pos = (x, y) pixel coordinates over the training canvas,
@@ -39,11 +40,6 @@ def export_model(
 
     from diffusion.pipeline import PatchDiffusionPipeline
 
-    if getattr(model, "latent_decoder", None) is not None:
-        raise NotImplementedError(
-            "exporting a latent run (model.vae) as a pipeline is not supported yet; sample it with "
-            "`genai-train diffusion sample --ckpt RUN`"
-        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sample = sample or SampleConfig()
@@ -54,7 +50,9 @@ def export_model(
         rho=edm.rho,
         prediction_type="epsilon",
     )
-    pipe = PatchDiffusionPipeline(model.unet, scheduler, model.classes, sample.sampler, sample.steps)
+    decoder = getattr(model, "latent_decoder", None)
+    vae = decoder.vae if decoder is not None else None
+    pipe = PatchDiffusionPipeline(model.unet, scheduler, vae, model.classes, sample.sampler, sample.steps)
     pipe.save_pretrained(out)
     index = json.loads((out / "model_index.json").read_text())
     index["_class_name"] = ["pipeline", "PatchDiffusionPipeline"]  # out/pipeline.py: no diffusers lookup by name
@@ -62,8 +60,9 @@ def export_model(
     (out / "pipeline.py").write_text(PIPELINE_PY)
     meta = {
         "format": FORMAT,
-        "resolution": resolution,
+        "resolution": resolution,  # the side the UNet samples (latent runs: the latent side)
         "channels": model.img_channels,
+        "latent": vae is not None,
         "classes": model.classes,
         "null_class": model.null_class if model.classes else None,
         "sigma_data": edm.sigma_data,
@@ -106,7 +105,12 @@ def load_exported(folder: str | Path) -> tuple[PatchEDM, EDMConfig, int]:
         sigma_max=meta["sigma_max"],
         rho=meta["rho"],
     )
-    return PatchEDM(unet, edm.sigma_data, meta.get("classes", [])).eval(), edm, int(meta["resolution"])
+    model = PatchEDM(unet, edm.sigma_data, meta.get("classes", [])).eval()
+    if meta.get("latent"):
+        from diffusion.latent import LatentDecoder, load_vae
+
+        model.latent_decoder = LatentDecoder(load_vae(folder / "vae"))
+    return model, edm, int(meta["resolution"])
 
 
 def load_any(path: str | Path, use_ema: bool = True) -> tuple[PatchEDM, EDMConfig, int]:

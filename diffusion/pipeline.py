@@ -39,16 +39,28 @@ def own_storage(module: torch.nn.Module) -> torch.nn.Module:
 class PatchDiffusionPipeline(DiffusionPipeline):
     """Patch Diffusion (EDM) sampling from a UNet2DModel with 2 coordinate channels and an EDM scheduler.
 
+    ``vae``: latent Patch Diffusion's AutoencoderKL (the UNet denoises its latents; samples are decoded).
     ``class_names``: the classes of a class-conditional UNet (its last class embedding is the null class).
     ``sampler`` / ``steps``: the defaults the model was trained to be sampled with.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
 
-    def __init__(self, unet, scheduler, class_names: list[str] | None = None, sampler: str = "heun", steps: int = 18):
+    def __init__(
+        self,
+        unet,
+        scheduler,
+        vae=None,
+        class_names: list[str] | None = None,
+        sampler: str = "heun",
+        steps: int = 18,
+    ):
         super().__init__()
         own_storage(unet)
-        self.register_modules(unet=unet, scheduler=scheduler)
+        if vae is not None:
+            own_storage(vae).eval().requires_grad_(False)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         self.register_to_config(class_names=list(class_names or []), sampler=sampler, steps=steps)
 
     @property
@@ -58,8 +70,13 @@ class PatchDiffusionPipeline(DiffusionPipeline):
 
     @property
     def denoiser(self) -> PatchEDM:
-        """D(x; sigma, pos, class) around the pipeline's UNet."""
-        return PatchEDM(self.unet, self.edm.sigma_data, self.config.class_names).eval()
+        """D(x; sigma, pos, class) around the pipeline's UNet (decoding latents with the VAE when there is one)."""
+        model = PatchEDM(self.unet, self.edm.sigma_data, self.config.class_names).eval()
+        if getattr(self, "vae", None) is not None:
+            from diffusion.latent import LatentDecoder
+
+            model.latent_decoder = LatentDecoder(self.vae)
+        return model
 
     @torch.no_grad()
     def __call__(
@@ -88,7 +105,7 @@ class PatchDiffusionPipeline(DiffusionPipeline):
             batch_size=batch_size,
             guidance=guidance_scale,
         )
-        resolution = int(self.unet.config.sample_size)
+        resolution = int(self.unet.config.sample_size)  # latent runs: the latent side
         x = generate(self.denoiser, num_images, cfg, self.edm, resolution, seed, self.device, class_labels)
         images = (x.clamp(-1, 1) + 1) / 2  # [n, C, S, S] in [0, 1]
         if output_type == "np" or output_type == "pil":

@@ -62,7 +62,7 @@ def test_tiny_autoencoder_round_trip(vae_dir):
     assert torch.allclose(back, direct, atol=1e-5)  # scaling_factor cancels between encode and decode
 
 
-def test_three_latent_steps_resume_bit_exactly_and_sample_pixels(tmp_path, vae_dir, capsys):
+def test_three_latent_steps_resume_bit_exactly_sample_and_export_pixels(tmp_path, vae_dir, capsys):
     write_images(tmp_path / "imgs", n=3, size=(16, 16))
     full = train(_cfg(tmp_path, vae_dir, "full", 3, "--ckpt.every=0"))
     assert "latent Patch Diffusion: 3 images (3, 16, 16) encoded once" in capsys.readouterr().err
@@ -76,6 +76,14 @@ def test_three_latent_steps_resume_bit_exactly_and_sample_pixels(tmp_path, vae_d
     model, cfg, _ = load_run(tmp_path / "full")
     imgs = generate(model, 2, SampleConfig(steps=2), cfg.edm, cfg.model_shape[1], seed=0)
     assert imgs.shape == (2, 3, 16, 16)  # decoded to pixels
+    from diffusers import DiffusionPipeline
+
+    from .test_real_data import _export
+
+    out = _export(tmp_path / "full", tmp_path / "exp")
+    pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)
+    got = pipe(num_images=2, seed=0, num_inference_steps=2, output_type="pt").images
+    assert got.shape == (2, 3, 16, 16) and torch.equal(got, (imgs.clamp(-1, 1) + 1) / 2)
 
 
 def test_bad_vae_folder_and_resolution_messages(tmp_path, vae_dir):
