@@ -18,10 +18,14 @@ from genai_train.commands import Command
 
 @dataclass
 class SampleCommandConfig:
-    """`genai-train diffusion sample --ckpt RUN --n 64 --steps 18 --out grid.png`."""
+    """`genai-train diffusion sample --ckpt RUN --n 64 --steps 18 --out grid.png [--class NAME --guidance W]`."""
 
     ckpt: str = field(default="", metadata={"help": "run folder (newest checkpoint) or exported folder"})
     n: int = field(default=64, metadata={"help": "images to generate"})
+    class_name: str = field(
+        default="",
+        metadata={"help": "--class NAME: the class to sample (class-conditional models; '' = the classes in turn)"},
+    )
     out: str = field(default="samples.png", metadata={"help": "PNG grid to write (a folder: one PNG per image)"})
     seed: int = field(default=0, metadata={"help": "seed of the initial noise"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
@@ -61,6 +65,26 @@ class ExportCommandConfig:
     ema: bool = field(default=True, metadata={"help": "export the EMA weights"})
 
 
+@dataclass
+class ShapesCommandConfig:
+    """`genai-train diffusion shapes --out FOLDER`: procedural class folders to try class-conditional training."""
+
+    out: str = field(default="data/shapes", metadata={"help": "folder to write (disc/ and square/ subfolders)"})
+    n: int = field(default=96, metadata={"help": "images in all (half discs, half squares)"})
+    size: int = field(default=16, metadata={"help": "image side in pixels"})
+    seed: int = field(default=0, metadata={"help": "seed of the shapes' positions, sizes and colours"})
+
+    def __post_init__(self) -> None:
+        if self.n < 2 or self.size < 4:
+            raise ValueError(f"--n must be >= 2 and --size >= 4, got {self.n} and {self.size}")
+
+
+def run_shapes(cfg: ShapesCommandConfig) -> dict:
+    out = demo_images(Path(cfg.out), n=cfg.n, size=cfg.size, seed=cfg.seed, classes=True)
+    print(f"wrote {cfg.n} {cfg.size}px images to {out}/disc and {out}/square (train with --data.labels=folders)")
+    return {"out": str(out)}
+
+
 def run_train(cfg: DiffusionConfig) -> dict:
     from diffusion.train import train
 
@@ -91,14 +115,28 @@ def run_sample(cfg: SampleCommandConfig) -> dict:
 
     device = _device(cfg.device)
     model, edm, resolution = load_any(cfg.ckpt, use_ema=cfg.ema)
-    imgs = generate(model.to(device), cfg.n, cfg.sample, edm, resolution, seed=cfg.seed, device=device)
+    imgs = generate(
+        model.to(device),
+        cfg.n,
+        cfg.sample,
+        edm,
+        resolution,
+        seed=cfg.seed,
+        device=device,
+        class_labels=cfg.class_name or None,
+        progress=True,
+    )
     out = Path(cfg.out)
     if out.suffix.lower() == ".png":
         save_png(image_grid(imgs), str(out))
     else:
         for k, img in enumerate(imgs):
             save_png(image_grid(img[None], nrow=1), str(out / f"{k:05d}.png"))
-    print(f"wrote {cfg.n} samples ({imgs.shape[-1]}px, {cfg.sample.sampler}, {cfg.sample.steps} steps) to {out}")
+    what = ""
+    if model.classes:
+        names = [cfg.class_name] if cfg.class_name else model.classes
+        what = f", class {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}, guidance {cfg.sample.guidance:g}"
+    print(f"wrote {cfg.n} samples ({imgs.shape[-1]}px, {cfg.sample.sampler}, {cfg.sample.steps} steps{what}) to {out}")
     return {"out": str(out)}
 
 
@@ -114,6 +152,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     floor: bool = True,
     net=None,
+    progress: bool = False,
 ) -> dict:
     """FID/KID of n generated images against the reference real[:n] ([M, C, R, R] in [-1, 1]).
 
@@ -124,16 +163,18 @@ def evaluate(
     from diffusion.sample import generate
 
     net = net or load_feature_net(metrics)
-    fake = generate(model.to(device), n, sample, edm, resolution, seed=seed, device=device)
-    f_ref = features(net, real[:n], metrics.batch_size)
-    out = {"generated": fid_kid_from_features(f_ref, features(net, fake, metrics.batch_size), metrics.kid_subset)}
+    bar = (lambda what: what) if progress else (lambda what: "")  # tqdm titles (progress bars) or none
+    fake = generate(model.to(device), n, sample, edm, resolution, seed=seed, device=device, progress=progress)
+    f_ref = features(net, real[:n], metrics.batch_size, bar("features: reference images"))
+    f_fake = features(net, fake, metrics.batch_size, bar("features: generated images"))
+    out = {"generated": fid_kid_from_features(f_ref, f_fake, metrics.kid_subset)}
     if floor:
         if real.shape[0] >= 2 * n:
-            f_a, f_b = f_ref, features(net, real[n : 2 * n], metrics.batch_size)
+            f_a, f_b = f_ref, features(net, real[n : 2 * n], metrics.batch_size, bar("features: held-out images"))
         else:
             half = real.shape[0] // 2
-            f_a = features(net, real[:half], metrics.batch_size)
-            f_b = features(net, real[half : 2 * half], metrics.batch_size)
+            f_a = features(net, real[:half], metrics.batch_size, bar("features: real, first half"))
+            f_b = features(net, real[half : 2 * half], metrics.batch_size, bar("features: real, second half"))
         out["real_vs_real_floor"] = fid_kid_from_features(f_a, f_b, metrics.kid_subset)
     return out
 
@@ -145,10 +186,15 @@ def run_eval(cfg: EvalCommandConfig) -> dict:
 
     device = _device(cfg.device)
     model, edm, resolution = load_any(cfg.ckpt)
-    real, _ = load_image_folder(DataConfig(root=cfg.ref, resolution=resolution, channels=model.img_channels))
+    decoder = getattr(model, "latent_decoder", None)  # latent runs: compare in pixels
+    channels = decoder.vae.config.in_channels if decoder is not None else model.img_channels
+    pixels = resolution * 2 ** (len(decoder.vae.config.block_out_channels) - 1) if decoder is not None else resolution
+    real, _ = load_image_folder(DataConfig(root=cfg.ref, resolution=pixels, channels=channels))
     g = torch.Generator().manual_seed(cfg.seed)
     real = real[torch.randperm(real.shape[0], generator=g)]
-    res = evaluate(model, edm, resolution, real, cfg.n, cfg.sample, cfg.metrics, cfg.seed, device, cfg.floor)
+    res = evaluate(
+        model, edm, resolution, real, cfg.n, cfg.sample, cfg.metrics, cfg.seed, device, cfg.floor, progress=True
+    )
     line = (
         f"FID {res['generated']['fid']:.2f}  KID {res['generated']['kid']:.4f} "
         f"(n={res['generated']['n_fake']} generated vs {res['generated']['n_real']} real)"
@@ -169,8 +215,13 @@ def run_export(cfg: ExportCommandConfig) -> dict:
     from diffusion.train import load_run
 
     model, run_cfg, step = load_run(cfg.ckpt, use_ema=cfg.ema)
-    out = export_model(model, run_cfg.edm, run_cfg.data.resolution, cfg.out, run_cfg.sample)
-    print(f"exported step {step} of {cfg.ckpt} to {out} (UNet2DModel.from_pretrained('{out}', subfolder='unet'))")
+    out = export_model(model, run_cfg.edm, run_cfg.model_shape[1], cfg.out, run_cfg.sample)
+    classes = f"; {len(model.classes)} classes: {', '.join(model.classes)}" if model.classes else ""
+    print(
+        f"exported step {step} of {cfg.ckpt} to {out}{classes}\n"
+        f"  pipeline: DiffusionPipeline.from_pretrained('{out}', trust_remote_code=True)(num_images=4, seed=0)\n"
+        f"  UNet alone: UNet2DModel.from_pretrained('{out}', subfolder='unet')"
+    )
     return {"out": str(out)}
 
 
@@ -187,6 +238,7 @@ COMMANDS: dict[str, Command] = {
             "p": "patch.p",
             "device": "run.device",
             "seed": "run.seed",
+            "labels": "data.labels",
         },
         example="genai-train diffusion train --data ./images --config configs/diffusion/emoji32_cpu.yaml",
     ),
@@ -194,7 +246,13 @@ COMMANDS: dict[str, Command] = {
         help="generate images from a run or an exported folder (EDM Heun or diffusers EDM schedulers)",
         run=run_sample,
         config=SampleCommandConfig,
-        shortcuts={"steps": "sample.steps", "sampler": "sample.sampler", "size": "sample.size"},
+        shortcuts={
+            "steps": "sample.steps",
+            "sampler": "sample.sampler",
+            "size": "sample.size",
+            "class": "class_name",
+            "guidance": "sample.guidance",
+        },
         example="genai-train diffusion sample --ckpt runs/diffusion --n 64 --steps 18 --out grid.png",
     ),
     "eval": Command(
@@ -204,8 +262,14 @@ COMMANDS: dict[str, Command] = {
         shortcuts={"steps": "sample.steps", "inception": "metrics.inception"},
         example="genai-train diffusion eval --ckpt runs/diffusion --ref ./images --n 1000",
     ),
+    "shapes": Command(
+        help="write procedural 16 px discs and squares in two class folders (to try data.labels=folders)",
+        run=run_shapes,
+        config=ShapesCommandConfig,
+        example="genai-train diffusion shapes --out data/shapes",
+    ),
     "export": Command(
-        help="write a folder stock diffusers loads: unet/ + scheduler/ + edm.json",
+        help="write a diffusers pipeline folder: model_index.json + unet/ + scheduler/ + edm.json",
         run=run_export,
         config=ExportCommandConfig,
         example="genai-train diffusion export --ckpt runs/diffusion --out exported/",
@@ -213,8 +277,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def demo_images(folder: Path, n: int = 96, size: int = 16, seed: int = 0) -> Path:
-    """Procedural training images: a coloured disc or square on a two-tone background (PNG files)."""
+def demo_images(folder: Path, n: int = 96, size: int = 16, seed: int = 0, classes: bool = False) -> Path:
+    """Procedural training images: a coloured disc or square on a two-tone background (PNG files); with
+    ``classes`` the discs go to ``folder/disc`` and the squares to ``folder/square``."""
     from PIL import Image
 
     g = torch.Generator().manual_seed(seed)
@@ -232,7 +297,9 @@ def demo_images(folder: Path, n: int = 96, size: int = 16, seed: int = 0) -> Pat
         else:
             mask = ((xx - cx).abs() < rad) & ((yy - cy).abs() < rad)
         img = torch.where(mask[..., None], colour, img)
-        Image.fromarray(img.round().clamp(0, 255).to(torch.uint8).numpy()).save(folder / f"shape_{k:03d}.png")
+        where = folder / ("disc" if k % 2 else "square") if classes else folder
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.round().clamp(0, 255).to(torch.uint8).numpy()).save(where / f"shape_{k:03d}.png")
     return folder
 
 

@@ -1,10 +1,13 @@
-"""Export a trained denoiser as a folder stock diffusers opens, plus the EDM settings it needs.
+"""Export a trained denoiser as a diffusers pipeline folder, plus the EDM settings it needs.
 
 Layout::
 
-    out/unet/        config.json + safetensors: UNet2DModel.from_pretrained(out, subfolder="unet")
-    out/scheduler/   EDMEulerScheduler.from_pretrained(out, subfolder="scheduler")
-    out/edm.json     sigma_data, sampling defaults, coordinate convention
+    out/model_index.json  the pipeline: DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+    out/pipeline.py       imports diffusion.pipeline.PatchDiffusionPipeline from the installed genai-train
+    out/unet/             config.json + safetensors: UNet2DModel.from_pretrained(out, subfolder="unet")
+    out/scheduler/        EDMEulerScheduler.from_pretrained(out, subfolder="scheduler")
+    out/vae/              latent runs only: the AutoencoderKL (AutoencoderKL.from_pretrained(out, subfolder="vae"))
+    out/edm.json          sigma_data, sampling defaults, coordinate convention, class names
 
 The UNet takes C + 2 channels: cat(c_in x, pos), pos = (x, y) pixel coordinates over the training canvas,
 (idx / (R - 1) - 0.5) * 2; its output is F in D = c_skip x + c_out F (diffusers' prediction_type "epsilon").
@@ -15,8 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from diffusion.edm import EDMConfig
 from diffusion.model import PatchEDM
 from diffusion.sample import SampleConfig
@@ -25,27 +26,45 @@ EDM_JSON = "edm.json"
 FORMAT = "genai-train/patch-edm/1"
 
 
+PIPELINE_PY = '''"""diffusers loads this file; it takes the pipeline from the installed genai-train."""
+
+from diffusion.pipeline import PatchDiffusionPipeline  # noqa: F401
+'''
+
+
 def export_model(
     model: PatchEDM, edm: EDMConfig, resolution: int, out_dir: str | Path, sample: SampleConfig | None = None
 ) -> Path:
     """Write ``out_dir`` (see the module docstring). Returns the folder."""
     from diffusers import EDMEulerScheduler
 
+    from diffusion.pipeline import PatchDiffusionPipeline
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.unet.save_pretrained(out / "unet")
-    EDMEulerScheduler(
+    sample = sample or SampleConfig()
+    scheduler = EDMEulerScheduler(
         sigma_min=edm.sigma_min,
         sigma_max=edm.sigma_max,
         sigma_data=edm.sigma_data,
         rho=edm.rho,
         prediction_type="epsilon",
-    ).save_pretrained(out / "scheduler")
-    sample = sample or SampleConfig()
+    )
+    decoder = getattr(model, "latent_decoder", None)
+    vae = decoder.vae if decoder is not None else None
+    pipe = PatchDiffusionPipeline(model.unet, scheduler, vae, model.classes, sample.sampler, sample.steps)
+    pipe.save_pretrained(out)
+    index = json.loads((out / "model_index.json").read_text())
+    index["_class_name"] = ["pipeline", "PatchDiffusionPipeline"]  # out/pipeline.py: no diffusers lookup by name
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "pipeline.py").write_text(PIPELINE_PY)
     meta = {
         "format": FORMAT,
-        "resolution": resolution,
+        "resolution": resolution,  # the side the UNet samples (latent runs: the latent side)
         "channels": model.img_channels,
+        "latent": vae is not None,
+        "classes": model.classes,
+        "null_class": model.null_class if model.classes else None,
         "sigma_data": edm.sigma_data,
         "sigma_min": edm.sigma_min,
         "sigma_max": edm.sigma_max,
@@ -57,6 +76,7 @@ def export_model(
         "coordinates": "2 extra input channels after c_in*x: (x, y) = (idx / (resolution - 1) - 0.5) * 2",
         "timestep": "c_noise = ln(sigma) / 4",
         "output": "F: D(x) = c_skip x + c_out F (diffusers prediction_type 'epsilon')",
+        "guidance": "D = D(null class) + w (D(class) - D(null class)); w = 1 is the conditional prediction",
     }
     (out / EDM_JSON).write_text(json.dumps(meta, indent=2))
     return out
@@ -66,6 +86,8 @@ def load_exported(folder: str | Path) -> tuple[PatchEDM, EDMConfig, int]:
     """(model, EDM settings, training resolution) from a folder written by :func:`export_model`."""
     from diffusers import UNet2DModel
 
+    from diffusion.pipeline import own_storage
+
     folder = Path(folder)
     meta_path = folder / EDM_JSON
     if not meta_path.exists() or not (folder / "unet").is_dir():
@@ -74,10 +96,7 @@ def load_exported(folder: str | Path) -> tuple[PatchEDM, EDMConfig, int]:
             f"create one with `genai-train diffusion export --ckpt RUN --out {folder}`"
         )
     meta = json.loads(meta_path.read_text())
-    unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
-    with torch.no_grad():  # own, aligned storage: diffusers 0.42 loads into unaligned memory, which rounds differently
-        for t in list(unet.parameters()) + list(unet.buffers()):
-            t.data = t.data.clone(memory_format=torch.contiguous_format)
+    unet = own_storage(UNet2DModel.from_pretrained(folder, subfolder="unet"))
     edm = EDMConfig(
         sigma_data=meta["sigma_data"],
         p_mean=meta["p_mean"],
@@ -86,7 +105,12 @@ def load_exported(folder: str | Path) -> tuple[PatchEDM, EDMConfig, int]:
         sigma_max=meta["sigma_max"],
         rho=meta["rho"],
     )
-    return PatchEDM(unet, edm.sigma_data).eval(), edm, int(meta["resolution"])
+    model = PatchEDM(unet, edm.sigma_data, meta.get("classes", [])).eval()
+    if meta.get("latent"):
+        from diffusion.latent import LatentDecoder, load_vae
+
+        model.latent_decoder = LatentDecoder(load_vae(folder / "vae"))
+    return model, edm, int(meta["resolution"])
 
 
 def load_any(path: str | Path, use_ema: bool = True) -> tuple[PatchEDM, EDMConfig, int]:
@@ -97,4 +121,4 @@ def load_any(path: str | Path, use_ema: bool = True) -> tuple[PatchEDM, EDMConfi
     from diffusion.train import load_run
 
     model, cfg, _ = load_run(path, use_ema=use_ema)
-    return model, cfg.edm, cfg.data.resolution
+    return model, cfg.edm, cfg.model_shape[1]

@@ -97,9 +97,14 @@ def load_feature_net(cfg: MetricsConfig) -> nn.Module:
 
 
 @torch.no_grad()
-def features(net: nn.Module, images: Tensor, batch_size: int = 50) -> Tensor:
-    """[N, C, H, W] in [-1, 1] -> [N, F] float64 features."""
-    out = [net((chunk.float().clamp(-1, 1) + 1) / 2).double() for chunk in images.split(batch_size)]
+def features(net: nn.Module, images: Tensor, batch_size: int = 50, desc: str = "") -> Tensor:
+    """[N, C, H, W] in [-1, 1] -> [N, F] float64 features (``desc``: a progress bar with this title)."""
+    chunks = images.split(batch_size)
+    if desc:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=desc, unit="batch", leave=False)
+    out = [net((chunk.float().clamp(-1, 1) + 1) / 2).double() for chunk in chunks]
     return torch.cat(out)
 
 

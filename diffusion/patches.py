@@ -44,7 +44,8 @@ def patch_choices(resolution: int, p: float) -> list[tuple[int, float]]:
             f"resolution {resolution} is not divisible by 4, so patches R/2 and R/4 are not whole pixels; "
             "pick a resolution divisible by 4 or set patch.p=1.0 (full images only)"
         )
-    return [(resolution // 4, (1 - p) * 2 / 5), (resolution // 2, (1 - p) * 3 / 5), (resolution, p)]
+    choices = [(resolution // 4, (1 - p) * 2 / 5), (resolution // 2, (1 - p) * 3 / 5), (resolution, p)]
+    return [(s, q) for s, q in choices if q > 0]  # p = 0: R is never drawn, so it is not listed
 
 
 def batch_multiplier(resolution: int, patch: int, rule: str = "linear") -> int:

@@ -40,6 +40,10 @@ class SampleConfig:
     x_start: int = field(default=0, metadata={"help": "column offset of the canvas in training pixels"})
     y_start: int = field(default=0, metadata={"help": "row offset of the canvas in training pixels"})
     batch_size: int = field(default=64, metadata={"help": "images generated per network call"})
+    guidance: float = field(
+        default=1.0,
+        metadata={"help": "class-conditional models: guidance weight w, D = D_uncond + w (D_cond - D_uncond); 1 = off"},
+    )
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -154,6 +158,66 @@ def run_sampler(
     return diffusers_sampler(denoise, noise, cfg.sampler, cfg.steps, edm)
 
 
+def evaluations(cfg: SampleConfig) -> int:
+    """Network calls per image batch: Heun 2N - 1 (no correction on the last step), the others N."""
+    return 2 * cfg.steps - 1 if cfg.sampler == "heun" else cfg.steps
+
+
+def guided_denoiser(model, grid: Tensor, labels: Tensor | None, guidance: float = 1.0) -> Denoiser:
+    """D(x, sigma) of a PatchEDM-like model on the coordinate grid [B, 2, S, S].
+
+    Unconditional (labels None): D(x). Class-conditional with labels [B]: classifier-free guidance (Ho &
+    Salimans 2022, https://arxiv.org/abs/2207.12598, eq. 6 in D form) D = D_u + w (D_c - D_u), with D_u the
+    null class's prediction; w = 1 is exactly the conditional prediction (D_u is not computed).
+    """
+    if labels is None:
+        return lambda x, sigma: model(x, sigma, grid)
+    if guidance == 1.0:
+        return lambda x, sigma: model(x, sigma, grid, labels)
+    null = torch.full_like(labels, model.null_class)
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        both = model(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([grid, grid]), torch.cat([labels, null]))
+        d_cond, d_uncond = both.chunk(2)  # [B, C, S, S] each
+        return d_uncond + guidance * (d_cond - d_uncond)
+
+    return denoise
+
+
+def class_indices(model, n: int, class_labels: Tensor | list | str | int | None = None) -> Tensor | None:
+    """[n] class indices for a class-conditional model (None for an unconditional one).
+
+    ``class_labels``: one class (name or index) for every image, one per image, or None: the classes in turn.
+    """
+    classes = list(getattr(model, "classes", []) or [])
+    if not classes:
+        if class_labels is not None and class_labels != []:
+            raise ValueError("this model is unconditional (trained with data.labels=none); drop --class")
+        return None
+
+    def index(c) -> int:
+        if isinstance(c, str) and not c.lstrip("-").isdigit():
+            if c not in classes:
+                raise ValueError(f"unknown class {c!r}; this model knows {', '.join(classes)}")
+            return classes.index(c)
+        k = int(c)
+        if not 0 <= k < len(classes):
+            raise ValueError(
+                f"class index {k} out of range; this model has {len(classes)} classes ({', '.join(classes)})"
+            )
+        return k
+
+    if class_labels is None:
+        return torch.arange(n) % len(classes)
+    if isinstance(class_labels, (str, int)):
+        return torch.full((n,), index(class_labels), dtype=torch.int64)
+    if isinstance(class_labels, Tensor):
+        class_labels = class_labels.tolist()
+    if len(class_labels) != n:
+        raise ValueError(f"{len(class_labels)} class labels for {n} images; give one, or one per image")
+    return torch.tensor([index(c) for c in class_labels], dtype=torch.int64)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -163,35 +227,62 @@ def generate(
     resolution: int,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    class_labels: Tensor | list | str | int | None = None,
+    progress: bool = False,
 ) -> Tensor:
-    """n images [n, C, S, S] in [-1, 1] (unclamped) from a PatchEDM-like model D(x, sigma, pos).
+    """n images [n, C, S, S] in [-1, 1] (unclamped) from a PatchEDM-like model D(x, sigma, pos[, labels]).
 
     The canvas S is cfg.size (0 = the training resolution R). Its coordinate grid is the training grid
     extended: (idx + start) / (R - 1) * 2 - 1, so S > R or a start offset reaches past [-1, 1]
     (Patch Diffusion's extrapolation). The initial noise is drawn on the CPU from ``seed``, in one piece,
-    so the images do not depend on the device or on cfg.batch_size.
+    so the images do not depend on the device or on cfg.batch_size. A class-conditional model samples
+    ``class_labels`` (see :func:`class_indices`; None: the classes in turn) with guidance ``cfg.guidance``.
+    ``progress``: a tqdm bar over the network calls. A latent model (``model.latent_decoder``) is sampled
+    on its latent grid (``resolution`` is the latent side) and decoded to pixels.
     """
     from diffusion.patches import coord_grid
 
     device = torch.device(device)
     size = cfg.size or resolution
     channels = model.img_channels
+    labels = class_indices(model, n, class_labels)  # [n] or None
+    if labels is None and cfg.guidance != 1.0:
+        raise ValueError(f"guidance {cfg.guidance} needs a class-conditional model (train with data.labels=folders)")
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, channels, size, size, generator=g)  # [n, C, S, S]
     pos = coord_grid(size, size, resolution, cfg.x_start, cfg.y_start, device=device)  # [2, S, S]
     was_training = model.training
     model.eval()
     out = []
-    for chunk in noise.split(cfg.batch_size):
+    chunks = noise.split(cfg.batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(chunks) * evaluations(cfg), desc=f"sampling {n} images", unit="call", leave=False)
+    for k, chunk in enumerate(chunks):
         chunk = chunk.to(device)
         grid = pos.expand(chunk.shape[0], 2, size, size)
-
-        def denoise(x: Tensor, sigma: Tensor, grid: Tensor = grid) -> Tensor:
-            return model(x, sigma, grid)
-
+        lab = None if labels is None else labels[k * cfg.batch_size : k * cfg.batch_size + len(chunk)].to(device)
+        denoise = guided_denoiser(model, grid, lab, cfg.guidance)
+        if bar is not None:
+            denoise = _counted(denoise, bar)
         out.append(run_sampler(denoise, chunk, cfg, edm, generator=g).cpu())
+    if bar is not None:
+        bar.close()
     model.train(was_training)
-    return torch.cat(out)
+    out = torch.cat(out)
+    decoder = getattr(model, "latent_decoder", None)  # latent Patch Diffusion: latents -> pixels
+    return decoder(out) if decoder is not None else out
+
+
+def _counted(denoise: Denoiser, bar) -> Denoiser:
+    def counted(x: Tensor, sigma: Tensor) -> Tensor:
+        out = denoise(x, sigma)
+        bar.update(1)
+        return out
+
+    return counted
 
 
 def image_grid(images: Tensor, nrow: int | None = None) -> Tensor:

@@ -31,6 +31,7 @@ SHORTEN = {
     ("diffusion", "train"): ["--train.steps=1", "--preview.every=0", "--run.device=cpu", "--data.batch_size=2"],
     ("diffusion", "sample"): ["--n=2", "--steps=2", "--device=cpu"],
     ("diffusion", "export"): [],
+    ("diffusion", "shapes"): ["--n=8"],
     ("diffusion", "eval"): ["--n=4", "--steps=2", "--device=cpu", "--floor=false"],
     ("grow", ""): ["--train.steps=2", "--ligo.steps=2", "--run.device=cpu", "--data.max_mb=0.05"],
     ("splat", "train"): ["--train.steps=2", "--run.device=cpu", "--data.test_every=8"],

@@ -97,17 +97,43 @@ def test_small_images_are_upscaled_with_a_warning(tmp_path):
     assert imgs.shape == (2, 3, 16, 16)
 
 
-def test_resolution_not_divisible_by_unet_downsampling_message():
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--data.resolution=30"],
+        ["--data.resolution=24"],
+        ["--data.resolution=30", "--patch.p=1.0"],
+        ["--data.resolution=40", "--patch.p=0"],
+        ["--data.resolution=30", "--model.block_out_channels=[32,64]", "--model.attention=[false,true]"],
+    ],
+)
+def test_resolution_advice_leads_to_a_valid_setting(flags):
+    """Every suggestion in the message, applied as written, gives a config the UNet accepts."""
+    import re
+
     from diffusion.train import DiffusionConfig
     from genai_train.config import ConfigError, load_config
 
+    with pytest.raises(ConfigError) as err:
+        load_config(DiffusionConfig, None, flags)
+    msg = str(err.value)
+    assert "does not fit the UNet" in msg and "patch.p=1.0, which" not in msg
+    fixes = re.findall(r"--(data\.resolution|patch\.p)=([0-9.]+)", msg.split(" Use ")[1])
+    assert fixes, msg
+    for key, value in fixes:
+        load_config(DiffusionConfig, None, [*flags, f"--{key}={value}"])  # no error: the advice works
+    load_config(DiffusionConfig, None, ["--data.resolution=32"])  # fine
+
+
+def test_resolution_30_is_not_sent_to_patch_p_1():
+    """R = 30 with a 3-level UNet fails at p = 1 too, so the message must not suggest it."""
+    from diffusion.train import DiffusionConfig
+    from genai_train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"Use --data.resolution=32$"):
+        load_config(DiffusionConfig, None, ["--data.resolution=30"])
     with pytest.raises(ConfigError, match=r"not divisible by 4, the UNet's downsampling"):
         load_config(DiffusionConfig, None, ["--data.resolution=24"])  # patches 6, 12, 24 vs 3 levels
-    with pytest.raises(ConfigError, match="not divisible by 4, so patches"):
-        load_config(DiffusionConfig, None, ["--data.resolution=30"])
-    with pytest.raises(ConfigError, match="not divisible by 4"):
-        load_config(DiffusionConfig, None, ["--data.resolution=30", "--patch.p=1.0"])
-    load_config(DiffusionConfig, None, ["--data.resolution=32"])  # fine
 
 
 def test_decoded_once_and_cached_on_disk(tmp_path):
