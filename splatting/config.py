@@ -40,6 +40,13 @@ class DataConfig:
     normalize: bool = field(default=True, metadata={"help": "normalize the world like gsplat's COLMAP parser"})
     image_dir: str = field(default="images", metadata={"help": "image folder inside the scene folder"})
     cache_dir: str = path_field("", "where resized images go (default ~/.cache/genai-train)")
+    skip_unreadable: bool = field(
+        default=False,
+        metadata={
+            "help": "drop missing, corrupt or truncated images from the split with a warning (default: refuse "
+            "the run and name them)"
+        },
+    )
 
     def __post_init__(self):
         if self.factor < 1:

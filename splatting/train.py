@@ -24,7 +24,7 @@ from torch import Tensor
 
 from genai_train.distributed import DistInfo
 from genai_train.run import Run, Value
-from splatting.colmap import Scene, load_scene
+from splatting.colmap import Scene, format_report, load_scene
 from splatting.config import DataConfig, OptimConfig, TrainConfig
 from splatting.evaluate import eval_background, evaluate, render_view
 from splatting.gaussians import GaussianModel, empty_gaussians, init_gaussians
@@ -178,7 +178,15 @@ def load_train_scene(data: DataConfig) -> Scene:
     """The scene of ``data``, checked before anything is written: a refused scene creates no run folder."""
     if not data.root:
         raise ValueError("no scene given: pass --scene DIR (a COLMAP folder with images/ and sparse/)")
-    return load_scene(data.root, data.factor, data.test_every, data.normalize, data.image_dir, data.cache_dir or None)
+    return load_scene(
+        data.root,
+        data.factor,
+        data.test_every,
+        data.normalize,
+        data.image_dir,
+        data.cache_dir or None,
+        skip_unreadable=data.skip_unreadable,
+    )
 
 
 def _all_reduce_sum(tensors: list[Tensor], dist: DistInfo) -> None:
@@ -239,7 +247,11 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
     optimizers = Optimizers(make_optimizers(params, cfg.optim, scene_scale))
     sstate = Value(strategy.initialize_state(scene_scale))
     stateful = dict(gaussians=gaussians, optimizers=optimizers, strategy=sstate, sampler=SamplerState(sampler))
-    start = run.restore(**stateful)
+    start = run.restore(**stateful)  # the run is accepted (or refused) here: only now is anything written
+    for line in format_report(scene.report):
+        run.info(line)
+    if run.is_main:  # the loader's report and the normalization, which PLY export inverts (splatting/ply.py)
+        (run.dir / "scene.json").write_text(json.dumps(scene.report, indent=2))
     strategy.check_sanity(params, optimizers)
     n_param_bytes = sum(p.numel() * p.element_size() for p in params.values())
     run.info(
