@@ -163,6 +163,10 @@ class TrainConfig:
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export_ply: bool = field(default=True, metadata={"help": "write point_cloud.ply at the end"})
+    export_frame: Literal["colmap", "normalized"] = field(
+        default="colmap",
+        metadata={"help": "PLY frame: colmap = the capture's own (overlays its points and cameras), or normalized"},
+    )
 
     def __post_init__(self):
         if not 0 <= self.sh_degree <= 3:
@@ -190,6 +194,9 @@ class EvalCommandConfig:
     )
     run_dir: str = field(default="", metadata={"help": "training run folder (newest checkpoint is used)"})
     ply: str = field(default="", metadata={"help": "evaluate this PLY instead of a checkpoint"})
+    ply_frame: Literal["colmap", "normalized"] = field(
+        default="colmap", metadata={"help": "frame of --ply: colmap (as export writes it) or normalized"}
+    )
     scene: str = field(default="", metadata={"help": "scene folder (default: the one the run trained on)"})
     factor: int = field(default=0, metadata={"help": "data factor (0: the run's)"})
     split: Literal["test", "train"] = field(default="test", metadata={"help": "which views to evaluate"})
@@ -207,6 +214,9 @@ class RenderCommandConfig:
     )
     run_dir: str = field(default="", metadata={"help": "training run folder"})
     ply: str = field(default="", metadata={"help": "render this PLY instead of a checkpoint"})
+    ply_frame: Literal["colmap", "normalized"] = field(
+        default="colmap", metadata={"help": "frame of --ply: colmap (as export writes it) or normalized"}
+    )
     scene: str = field(default="", metadata={"help": "scene folder (for camera intrinsics and path)"})
     factor: int = field(default=0, metadata={"help": "data factor (0: the run's)"})
     mode: Literal["turntable", "views"] = field(default="turntable", metadata={"help": "orbit video or test views"})
@@ -220,3 +230,7 @@ class RenderCommandConfig:
 class ExportCommandConfig:
     run_dir: str = field(default="", metadata={"help": "training run folder (newest checkpoint is exported)"})
     out: str = field(default="", metadata={"help": "PLY path (default: run_dir/point_cloud.ply)"})
+    frame: Literal["colmap", "normalized"] = field(
+        default="colmap",
+        metadata={"help": "colmap = the capture's own frame (overlays its points and cameras), or normalized"},
+    )

@@ -361,7 +361,8 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         )
     if cfg.export_ply:
         result["ply"] = str(run.dir / "point_cloud.ply")
-        info = save_ply(params, run.dir / "point_cloud.ply")
+        frame = scene.transform if cfg.export_frame == "colmap" else None
+        info = save_ply(params, run.dir / "point_cloud.ply", transform=frame)
         if info["dropped_nonfinite"]:
             run.info(f"PLY export dropped {info['dropped_nonfinite']} Gaussians with NaN/Inf attributes")
     (run.dir / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "gaussians"}, indent=2))
