@@ -3,7 +3,7 @@
 Vocabulary shared with every trainer: ``run`` (the core's :class:`RunConfig`), ``train`` (the core's
 :class:`LoopConfig`: ``train.steps``; ``train.grad_accum`` views per optimizer step; ``train.grad_clip``, 0 =
 off), ``optim``; then splatting's own sections: ``data``, ``strategy`` (a tagged union picked by
-``--strategy.name=adc|steepgs``), ``render``, ``ckpt``, ``eval``.
+``--strategy.name=adc|steepgs|mcmc``), ``render``, ``ckpt``, ``eval``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 from genai_train.checkpoint import CheckpointConfig
 from genai_train.run import LoopConfig, RunConfig, path_field
 from splatting.render import RasterSettings
-from splatting.strategies import ADCConfig, SteepGSConfig
+from splatting.strategies import ADCConfig, MCMCConfig, SteepGSConfig
 
 __all__ = [
     "DataConfig",
@@ -29,6 +29,7 @@ __all__ = [
     "LoopConfig",
     "ADCConfig",
     "SteepGSConfig",
+    "MCMCConfig",
 ]
 
 
@@ -156,8 +157,8 @@ class TrainConfig:
             "(gsplat's --scale_reg)"
         },
     )
-    strategy: ADCConfig | SteepGSConfig = field(
-        default_factory=ADCConfig, metadata={"help": "densification: --strategy.name=adc | steepgs"}
+    strategy: ADCConfig | SteepGSConfig | MCMCConfig = field(
+        default_factory=ADCConfig, metadata={"help": "densification: --strategy.name=adc | steepgs | mcmc"}
     )
     render: RenderConfig = field(default_factory=RenderConfig)
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)

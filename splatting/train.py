@@ -151,9 +151,11 @@ def means_lr(lr: OptimConfig, scene_scale: float, step: int, total: int) -> floa
 
 
 def training_loss(img: Tensor, gt: Tensor, params: dict[str, Tensor], cfg: TrainConfig) -> tuple[Tensor, Tensor]:
-    """(loss, L1): (1 - l) L1 + l (1 - SSIM), plus the optional opacity and scale regularizers."""
+    """(loss, L1): (1 - l) L1 + l (1 - SSIM), plus the optional opacity and scale regularizers and the
+    strategy's own (3DGS-MCMC's)."""
     l1 = (img - gt).abs().mean()
     loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt, padding="valid"))
+    loss = loss + cfg.strategy.regularization(params)
     if cfg.opacity_reg:
         loss = loss + cfg.opacity_reg * torch.sigmoid(params["opacities"]).mean()
     if cfg.scale_reg:
@@ -245,7 +247,7 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         params = params.to(device)
     gaussians = GaussianModel(params)
     optimizers = Optimizers(make_optimizers(params, cfg.optim, scene_scale))
-    sstate = Value(strategy.initialize_state(scene_scale))
+    sstate = Value(strategy.initialize_state(scene_scale, seed=cfg.run.seed))
     stateful = dict(gaussians=gaussians, optimizers=optimizers, strategy=sstate, sampler=SamplerState(sampler))
     start = run.restore(**stateful)  # the run is accepted (or refused) here: only now is anything written
     for line in format_report(scene.report):
@@ -299,12 +301,15 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         for o in optimizers.values():
             o.step()
             o.zero_grad(set_to_none=True)
-        if step < strategy.refine_stop:
+        if strategy.accumulates and step < strategy.refine_stop:
             delta = strategy.initialize_state(scene_scale)
             for info in infos:
                 strategy.accumulate(params, delta, info)
             _merge_statistics(sstate.value, delta, dist)
-        events = strategy.refine(params, optimizers, sstate.value, step)
+        # the means LR after this step's decay: MCMC scales its position noise by it (as gsplat does)
+        events = strategy.refine(
+            params, optimizers, sstate.value, step, lr=means_lr(cfg.optim, scene_scale, step + 1, total)
+        )
         if events.get("opacity_reset"):
             run.info(f"step {step}: opacities reset to {2 * strategy.prune_opa}")
         bar.update(1)
