@@ -73,13 +73,22 @@ class RenderConfig:
     background: Literal["black", "white", "random"] = field(
         default="black", metadata={"help": "background colour behind the Gaussians while training"}
     )
+    mode: Literal["classic", "antialiased"] = field(
+        default="classic",
+        metadata={
+            "help": "antialiased: gsplat's 2-D filter with opacity compensation (sqrt(det(S) / det(S + 0.3 I))); "
+            "eval and render use the run's mode"
+        },
+    )
 
     def __post_init__(self):
         if self.tile_size < 1 or self.chunk_elems < 1 or self.store_elems < 0:
             raise ValueError("render.tile_size and render.chunk_elems must be >= 1, render.store_elems >= 0")
 
     def settings(self) -> RasterSettings:
-        return RasterSettings(tile_size=self.tile_size, chunk_elems=self.chunk_elems, store_elems=self.store_elems)
+        return RasterSettings(
+            tile_size=self.tile_size, chunk_elems=self.chunk_elems, store_elems=self.store_elems, mode=self.mode
+        )
 
 
 @dataclass

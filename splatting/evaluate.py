@@ -149,6 +149,12 @@ def saved_config(run_dir: str | Path) -> TrainConfig | None:
     return load_config(TrainConfig, path) if path is not None and path.exists() else None
 
 
+def _run_settings(run_dir: str) -> RasterSettings:
+    """The rasterizer settings a run trained with (its render.mode: classic or antialiased)."""
+    saved = saved_config(run_dir)
+    return RasterSettings(mode=saved.render.mode) if saved is not None else DEFAULT_SETTINGS
+
+
 def _run_background(run_dir: str, choice: str, device) -> Tensor | None:
     if choice != "auto":
         return eval_background(choice, device)
@@ -187,6 +193,7 @@ def run_eval(cfg: EvalCommandConfig) -> dict:
         views,
         sh_degree_of(params),
         device,
+        settings=_run_settings(cfg.run_dir),
         backend=cfg.backend,
         out_dir=out / "renders",
         lpips_net=cfg.lpips_net,
@@ -231,11 +238,12 @@ def run_render(cfg: RenderCommandConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     deg = sh_degree_of(params)
     bg = _run_background(cfg.run_dir, cfg.background, device)
+    settings = _run_settings(cfg.run_dir)
     ref = scene.train[0] if scene.train else scene.test[0]
     if cfg.mode == "views":
         paths = []
         for v in scene.test or scene.train:
-            img, _, _ = render_view(params, v, deg, device, background=bg)
+            img, _, _ = render_view(params, v, deg, device, settings, background=bg)
             p = out / f"{Path(v.name).stem}.png"
             iio.imwrite(p, (img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))
             paths.append(str(p))
@@ -247,7 +255,7 @@ def run_render(cfg: RenderCommandConfig) -> dict:
     frames = []
     for c2w in orbit_cameras(torch.zeros(3), radius, height, cfg.frames):
         v = View(name="orbit", image_path=ref.image_path, K=ref.K, camtoworld=c2w, width=ref.width, height=ref.height)
-        img, _, _ = render_view(params, v, deg, device, background=bg)
+        img, _, _ = render_view(params, v, deg, device, settings, background=bg)
         frames.append((img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))
     path = out / "turntable.gif"
     iio.imwrite(path, frames, duration=1000 / cfg.fps, loop=0)

@@ -18,7 +18,7 @@ from genai_train.cli import main as cli_main  # noqa: E402
 from genai_train.config import ConfigError, load_config  # noqa: E402
 from genai_train.testing import path_spellings, spawn_ranks, tree_hashes  # noqa: E402
 from splatting.config import EvalCommandConfig, TrainConfig  # noqa: E402
-from splatting.evaluate import run_eval  # noqa: E402
+from splatting.evaluate import _run_settings, run_eval  # noqa: E402
 from splatting.synthetic import write_colmap_scene  # noqa: E402
 from splatting.train import train  # noqa: E402
 
@@ -179,9 +179,11 @@ def test_help_of_each_strategy_lists_only_its_own_fields(capsys):
 def test_eval_reads_the_saved_config_with_the_typed_loader(scene, tmp_path):
     run = tmp_path / "f2"
     cache = tmp_path / "cache"
-    train(_cfg(scene, run, steps=2, **{"data.factor": 2, "data.cache_dir": cache, "render.background": "white"}))
+    overrides = {"data.factor": 2, "data.cache_dir": cache, "render.background": "white", "render.mode": "antialiased"}
+    train(_cfg(scene, run, steps=2, **overrides))
     saved = load_config(TrainConfig, run / "config.yaml")
     assert saved.data.factor == 2 and saved.render.background == "white"
+    assert _run_settings(str(run)).mode == "antialiased"  # eval and render draw the way the run trained
     m = run_eval(EvalCommandConfig(run_dir=str(run), device="cpu", out=str(tmp_path / "ev")))
     assert m["n_views"] == 2  # 9 views, every 8th held out (images 0 and 8)
     import imageio.v3 as iio
