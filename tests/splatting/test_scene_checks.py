@@ -119,3 +119,15 @@ def test_report_of_the_real_phone_capture_says_it_was_undistorted(tmp_path):
     assert cam["model"] == "SIMPLE_RADIAL" and cam["undistorted"] and cam["size"] == [1000, 750]
     assert s.report["images"]["used"] == 97 and len(s.report["held_out"]) == 13
     assert "SIMPLE_RADIAL 1000x750, undistorted to a pinhole camera" in "\n".join(format_report(s.report))
+
+
+def test_a_missing_photo_is_dropped_with_the_option_and_reported(clean_scene, tmp_path):
+    scene = _copy(clean_scene, tmp_path)
+    (scene / "images" / "view_004.png").unlink()
+    with pytest.raises(SceneError, match="missing: view_004.png.*data.skip_unreadable=true"):
+        load_scene(scene, factor=1)
+    with pytest.warns(UserWarning, match=r"view_004.png \(missing file\)"):
+        s = load_scene(scene, factor=1, skip_unreadable=True)
+    assert "view_004.png" not in [v.name for v in s.train + s.test]
+    assert s.report["skipped"] == [{"name": "view_004.png", "reason": "missing file"}]
+    assert "skipped, missing file: view_004.png" in "\n".join(format_report(s.report))
