@@ -6,12 +6,18 @@ same intrinsics); one camera per image or shared cameras, and mixed image sizes.
 by ``factor`` (resized copies cached as PNG outside the scene folder); the world is normalized as in
 gsplat's parser (cameras' mean up -> +z, centred on the median focus point, median camera distance 1,
 points' principal axes aligned); every ``test_every``-th image (sorted by name) is held out for testing.
+
+Every image (training and held-out) is decoded once before the scene is returned, so a truncated or corrupt
+file fails the load (one error naming every bad file) before a run writes anything; ``skip_unreadable=True``
+drops such views from their split with a warning instead. ``Scene.report`` says what was loaded and what
+was skipped and why (:func:`format_report` turns it into lines a run prints at its start).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +35,8 @@ __all__ = [
     "load_scene",
     "undistort_image",
     "distort_points",
+    "format_report",
+    "check_image",
 ]
 
 SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
@@ -51,6 +59,8 @@ class View:
     height: int
     model: str = "PINHOLE"
     dist: tuple[float, ...] = ()  # k1, k2, p1, p2 (zeros where the model has none)
+    orig_width: int = 0  # the image file's size (the COLMAP camera's), before downscaling
+    orig_height: int = 0
 
     @property
     def viewmat(self) -> Tensor:
@@ -65,16 +75,24 @@ class Scene:
     points: Tensor  # [P, 3] normalized world
     point_colors: Tensor  # [P, 3] in [0, 1]
     scene_scale: float  # max camera distance from the camera centroid
-    transform: Tensor  # [4, 4] COLMAP world -> normalized world (similarity)
+    transform: Tensor  # [4, 4] float64, COLMAP world -> normalized world (similarity s R x + t)
     factor: int = 1
     cache_dir: Path | None = None
+    prescaled_dir: Path | None = None  # a complete <scene>/images_<factor> folder, used instead of resizing
+    report: dict = field(default_factory=dict, repr=False)
     _images: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def image(self, view: View) -> Tensor:
         """[H, W, 3] float in [0, 1], undistorted and resized; cached in memory."""
         if view.name not in self._images:
-            self._images[view.name] = _read_view_image(view, self.factor, self.cache_dir)
+            self._images[view.name] = _read_view_image(view, self.factor, self.cache_dir, self.prescaled_dir)
         return self._images[view.name]
+
+    @property
+    def normalization(self) -> dict:
+        """The similarity x_n = s R x + t from the capture's COLMAP frame to the normalized world: ``scale`` s,
+        ``rotation`` R (row-major 3x3), ``translation`` t, and ``center`` (the COLMAP point mapped to 0)."""
+        return normalization_dict(self.transform)
 
 
 def find_sparse_dir(root: Path) -> Path:
@@ -209,8 +227,15 @@ def load_scene(
     normalize: bool = True,
     image_dir: str = "images",
     cache_dir: str | os.PathLike | None = None,
+    skip_unreadable: bool = False,
+    check_images: bool = True,
 ) -> Scene:
-    """Read ``root`` (a COLMAP scene folder) into train/test :class:`View` lists and SfM points."""
+    """Read ``root`` (a COLMAP scene folder) into train/test :class:`View` lists and SfM points.
+
+    ``check_images`` decodes every listed image now (not at its first use); bad ones (missing, unreadable,
+    not the size of their camera) raise one :class:`SceneError` naming them all, or with ``skip_unreadable``
+    are dropped from their split (the split itself is fixed by the sorted names of all registered images, so
+    the held-out views stay the same) with a warning."""
     import pycolmap
 
     root = Path(root)
@@ -238,12 +263,21 @@ def load_scene(
         )
     files = _scan_images(images_root)
     missing = [rec.images[i].name for i in reg if rec.images[i].name not in files]
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    if missing and not skip_unreadable:
         raise SceneError(
             f"{images_root}: {len(missing)} image(s) listed in the COLMAP model are missing: "
-            f"{shown}; copy them there or remove them from the model"
+            f"{_shown(missing)}; copy them there or remove them from the model (or pass "
+            f"data.skip_unreadable=true to train without them)"
         )
+    skipped = [{"name": n, "reason": "missing file"} for n in missing]
+    reg_set = set(reg)
+    skipped += [
+        {"name": im.name, "reason": "unregistered (COLMAP could not pose it)"}
+        for i, im in sorted(rec.images.items(), key=lambda kv: kv[1].name)
+        if i not in reg_set
+    ]
+    listed = {im.name for im in rec.images.values()}
+    skipped += [{"name": n, "reason": "not in the COLMAP model"} for n in sorted(files) if n not in listed]
 
     views, c2ws = [], []
     for i in reg:
@@ -257,13 +291,15 @@ def load_scene(
         views.append(
             View(
                 name=im.name,
-                image_path=files[im.name],
+                image_path=files.get(im.name, images_root / im.name),
                 K=K,
                 camtoworld=torch.from_numpy(c2w),
                 width=int(cam.width),
                 height=int(cam.height),
                 model=model,
                 dist=dist,
+                orig_width=int(cam.width),
+                orig_height=int(cam.height),
             )
         )
     c2w_all = np.stack(c2ws)
@@ -290,8 +326,54 @@ def load_scene(
     for v in views:
         v.K = v.K.float()
         v.camtoworld = v.camtoworld.float()
-    test = [v for j, v in enumerate(views) if test_every > 0 and j % test_every == 0]
-    train = [v for j, v in enumerate(views) if not (test_every > 0 and j % test_every == 0)]
+    held_out = {v.name for j, v in enumerate(views) if test_every > 0 and j % test_every == 0}
+    missing_set = set(missing)
+    bad = {v.name: "missing file" for v in views if v.name in missing_set}
+    if check_images:
+        for v in views:
+            if v.name not in bad:
+                why = check_image(v.image_path, (v.orig_width, v.orig_height))
+                if why:
+                    bad[v.name] = why
+    unreadable = {n: why for n, why in bad.items() if n not in missing_set}
+    if unreadable and not skip_unreadable:
+        listed_bad = [f"{images_root / n} ({why})" for n, why in unreadable.items()]
+        raise SceneError(
+            f"{len(unreadable)} image(s) of the scene cannot be used: {_shown(listed_bad, 5)}; re-export or "
+            f"replace them, delete them from the COLMAP model, or pass data.skip_unreadable=true to drop them "
+            f"from the split"
+        )
+    if bad:
+        warnings.warn(
+            f"{root}: {len(bad)} image(s) dropped from the split: "
+            + _shown([f"{n} ({why})" for n, why in bad.items()], 5),
+            stacklevel=2,
+        )
+    skipped = [x for x in skipped if x["name"] not in unreadable] + [
+        {"name": n, "reason": "unreadable", "detail": why} for n, why in unreadable.items()
+    ]
+    test = [v for v in views if v.name in held_out and v.name not in bad]
+    train = [v for v in views if v.name not in held_out and v.name not in bad]
+    prescaled, prescaled_note = _prescaled_folder(root, factor, train + test)
+    report = {
+        "scene": str(root),
+        "model": str(sparse),
+        "cameras": _camera_report(rec, {rec.images[i].camera_id for i in reg}),
+        "images": {
+            "registered": len(reg),
+            "used": len(train) + len(test),
+            "train": len(train),
+            "test": len(test),
+            "skipped": len(skipped),
+        },
+        "skipped": skipped,
+        "sizes": _size_report(train + test, factor),
+        "factor": factor,
+        "prescaled": prescaled_note,
+        "held_out": [v.name for v in test],
+        "points": int(len(pts)),
+        "normalization": normalization_dict(torch.from_numpy(transform)) if normalize else None,
+    }
     return Scene(
         root=root,
         train=train,
@@ -299,31 +381,159 @@ def load_scene(
         points=torch.from_numpy(pts_n).float(),
         point_colors=torch.from_numpy(cols).float(),
         scene_scale=scene_scale,
-        transform=torch.from_numpy(transform).float(),
+        transform=torch.from_numpy(transform),
         factor=factor,
         cache_dir=Path(cache_dir) if cache_dir else None,
+        prescaled_dir=prescaled,
+        report=report,
     )
 
 
-def _cache_path(view: View, factor: int, cache_dir: Path | None) -> Path:
-    """Resized copy of ``view``'s image: ``<scene>/images_<factor>/`` when it already has it (COLMAP's own
-    layout), else a cache folder (``data.cache_dir`` or ``~/.cache/genai-train/<scene hash>``), never the
-    scene folder, which may be shared and read-only."""
+def _shown(items: list[str], k: int = 10) -> str:
+    return ", ".join(items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def check_image(path: Path, size: tuple[int, int] | None = None) -> str:
+    """Decode ``path`` fully; '' if it is a readable image of ``size`` (w, h), else why not."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes every byte: truncated and corrupt files raise here, not at open
+            got = im.size
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on broken files
+        return f"cannot be decoded: {type(e).__name__}: {str(e).replace(repr(str(path)), 'it')}"
+    if size is not None and got != tuple(size):
+        return f"is {got[0]}x{got[1]} but its COLMAP camera says {size[0]}x{size[1]}"
+    return ""
+
+
+def normalization_dict(transform: Tensor) -> dict:
+    """Scale, rotation, translation and centre of a similarity [4, 4] (see :attr:`Scene.normalization`)."""
+    t = transform.double()
+    scale = float(torch.linalg.norm(t[:3, 0]))
+    rot = t[:3, :3] / scale
+    return {
+        "scale": scale,
+        "rotation": rot.tolist(),
+        "translation": t[:3, 3].tolist(),
+        "center": (-(rot.T @ t[:3, 3]) / scale).tolist(),
+    }
+
+
+def _camera_report(rec, used_ids: set[int]) -> list[dict]:
+    out = []
+    for cid in sorted(used_ids):
+        cam = rec.cameras[cid]
+        _, model, dist = _camera_intrinsics(cam)
+        out.append(
+            {
+                "id": int(cid),
+                "model": model,
+                "size": [int(cam.width), int(cam.height)],
+                "distortion": list(dist),
+                "undistorted": any(abs(d) > 0 for d in dist),
+            }
+        )
+    return out
+
+
+def _size_report(views: list[View], factor: int) -> dict:
+    sizes: dict[str, int] = {}
+    for v in views:
+        key = f"{v.orig_width}x{v.orig_height}"
+        sizes[key] = sizes.get(key, 0) + 1
+    portrait = sum(v.orig_height > v.orig_width for v in views)
+    landscape = sum(v.orig_width > v.orig_height for v in views)
+    return {
+        "original": sizes,
+        "loaded": sorted({f"{v.width}x{v.height}" for v in views}),
+        "mixed": len(sizes) > 1,
+        "portrait": portrait,
+        "landscape": landscape,
+        "mixed_orientation": portrait > 0 and landscape > 0,
+    }
+
+
+def _prescaled_candidates(folder: Path, view: View) -> list[Path]:
+    return [folder / view.name, folder / Path(view.name).with_suffix(".png")]
+
+
+def _prescaled_folder(root: Path, factor: int, views: list[View]) -> tuple[Path | None, dict | None]:
+    """``root/images_<factor>`` if it holds every view's resized image; a partial one is ignored (said so)."""
+    folder = root / f"images_{factor}"
+    if factor == 1 or not folder.is_dir():
+        return None, None
+    found = sum(any(p.exists() for p in _prescaled_candidates(folder, v)) for v in views)
+    note = {"dir": str(folder), "found": found, "needed": len(views), "used": found == len(views)}
+    return (folder if note["used"] else None), note
+
+
+def format_report(report: dict) -> list[str]:
+    """The loader's report as lines for the start of a run."""
+    if not report:
+        return []
+    lines = [f"scene {report['scene']} (model {report['model']}, {report['points']} SfM points)"]
+    groups: dict[tuple, list[dict]] = {}
+    for c in report["cameras"]:
+        groups.setdefault((c["model"], c["undistorted"]), []).append(c)
+    for (model, undistorted), cams in groups.items():
+        how = "undistorted to a pinhole camera with the same intrinsics" if undistorted else "no undistortion needed"
+        if len(cams) == 1:
+            c = cams[0]
+            dist = f" (distortion {', '.join(f'{d:g}' for d in c['distortion'])})" if undistorted else ""
+            lines.append(f"  camera {c['id']}: {model} {c['size'][0]}x{c['size'][1]}, {how}{dist}")
+        else:
+            lines.append(f"  {len(cams)} cameras: {model}, {how}")
+    im = report["images"]
+    lines.append(
+        f"  images: {im['registered']} registered, {im['used']} used ({im['train']} train / {im['test']} test), "
+        f"{im['skipped']} skipped"
+    )
+    by_reason: dict[str, list[str]] = {}
+    for x in report["skipped"]:
+        by_reason.setdefault(x["reason"], []).append(x["name"] + (f" ({x['detail']})" if x.get("detail") else ""))
+    for reason, names in by_reason.items():
+        lines.append(f"  skipped, {reason}: {_shown(names, 5)}")
+    sz = report["sizes"]
+    line = f"  sizes: {', '.join(f'{k} ({n})' for k, n in sz['original'].items())}"
+    if sz["mixed"]:
+        line += "; MIXED sizes"
+    if sz["mixed_orientation"]:
+        line += f"; portrait ({sz['portrait']}) and landscape ({sz['landscape']}) views MIXED"
+    line += f"; loaded at factor {report['factor']}: {', '.join(sz['loaded'])}"
+    lines.append(line)
+    pre = report.get("prescaled")
+    if pre:
+        if pre["used"]:
+            lines.append(f"  using the resized images in {pre['dir']}")
+        else:
+            lines.append(
+                f"  {pre['dir']} holds only {pre['found']} of {pre['needed']} images: IGNORED (resizing the "
+                f"originals into the cache instead)"
+            )
+    lines.append(f"  held out for testing: {_shown(report['held_out'], 20) or 'none'}")
+    return lines
+
+
+def _cache_path(view: View, factor: int, cache_dir: Path | None, prescaled: Path | None = None) -> Path:
+    """Resized copy of ``view``'s image: in ``prescaled`` (a complete ``<scene>/images_<factor>/``, COLMAP's own
+    layout) when given, else a cache folder (``data.cache_dir`` or ``~/.cache/genai-train/<scene hash>``),
+    never the scene folder, which may be shared and read-only."""
     base = view.image_path.parent.parent
     stem = Path(view.name).with_suffix(".png")
-    ready = base / f"images_{factor}" / stem
-    if ready.exists():
-        return ready
+    if prescaled is not None:
+        for ready in _prescaled_candidates(prescaled, view):
+            if ready.exists():
+                return ready
     if cache_dir is None:
         key = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:12]
         cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genai-train" / key
     return Path(cache_dir) / f"images_{factor}" / stem
 
 
-def _read_view_image(view: View, factor: int, cache_dir: Path | None) -> Tensor:
+def _read_view_image(view: View, factor: int, cache_dir: Path | None, prescaled: Path | None = None) -> Tensor:
     """Load, resize (cached on disk) and undistort one view's image -> [H, W, 3] float."""
     if factor > 1:
-        cached = _cache_path(view, factor, cache_dir)
+        cached = _cache_path(view, factor, cache_dir, prescaled)
         if cached.exists():
             pil = Image.open(cached).convert("RGB")
         else:

@@ -3,7 +3,7 @@
 Vocabulary shared with every trainer: ``run`` (the core's :class:`RunConfig`), ``train`` (the core's
 :class:`LoopConfig`: ``train.steps``; ``train.grad_accum`` views per optimizer step; ``train.grad_clip``, 0 =
 off), ``optim``; then splatting's own sections: ``data``, ``strategy`` (a tagged union picked by
-``--strategy.name=adc|steepgs``), ``render``, ``ckpt``, ``eval``.
+``--strategy.name=adc|steepgs|mcmc``), ``render``, ``ckpt``, ``eval``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 from genai_train.checkpoint import CheckpointConfig
 from genai_train.run import LoopConfig, RunConfig, path_field
 from splatting.render import RasterSettings
-from splatting.strategies import ADCConfig, SteepGSConfig
+from splatting.strategies import ADCConfig, MCMCConfig, SteepGSConfig
 
 __all__ = [
     "DataConfig",
@@ -29,6 +29,7 @@ __all__ = [
     "LoopConfig",
     "ADCConfig",
     "SteepGSConfig",
+    "MCMCConfig",
 ]
 
 
@@ -40,6 +41,13 @@ class DataConfig:
     normalize: bool = field(default=True, metadata={"help": "normalize the world like gsplat's COLMAP parser"})
     image_dir: str = field(default="images", metadata={"help": "image folder inside the scene folder"})
     cache_dir: str = path_field("", "where resized images go (default ~/.cache/genai-train)")
+    skip_unreadable: bool = field(
+        default=False,
+        metadata={
+            "help": "drop missing, corrupt or truncated images from the split with a warning (default: refuse "
+            "the run and name them)"
+        },
+    )
 
     def __post_init__(self):
         if self.factor < 1:
@@ -65,13 +73,22 @@ class RenderConfig:
     background: Literal["black", "white", "random"] = field(
         default="black", metadata={"help": "background colour behind the Gaussians while training"}
     )
+    mode: Literal["classic", "antialiased"] = field(
+        default="classic",
+        metadata={
+            "help": "antialiased: gsplat's 2-D filter with opacity compensation (sqrt(det(S) / det(S + 0.3 I))); "
+            "eval and render use the run's mode"
+        },
+    )
 
     def __post_init__(self):
         if self.tile_size < 1 or self.chunk_elems < 1 or self.store_elems < 0:
             raise ValueError("render.tile_size and render.chunk_elems must be >= 1, render.store_elems >= 0")
 
     def settings(self) -> RasterSettings:
-        return RasterSettings(tile_size=self.tile_size, chunk_elems=self.chunk_elems, store_elems=self.store_elems)
+        return RasterSettings(
+            tile_size=self.tile_size, chunk_elems=self.chunk_elems, store_elems=self.store_elems, mode=self.mode
+        )
 
 
 @dataclass
@@ -149,13 +166,17 @@ class TrainConfig:
             "(gsplat's --scale_reg)"
         },
     )
-    strategy: ADCConfig | SteepGSConfig = field(
-        default_factory=ADCConfig, metadata={"help": "densification: --strategy.name=adc | steepgs"}
+    strategy: ADCConfig | SteepGSConfig | MCMCConfig = field(
+        default_factory=ADCConfig, metadata={"help": "densification: --strategy.name=adc | steepgs | mcmc"}
     )
     render: RenderConfig = field(default_factory=RenderConfig)
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export_ply: bool = field(default=True, metadata={"help": "write point_cloud.ply at the end"})
+    export_frame: Literal["colmap", "normalized"] = field(
+        default="colmap",
+        metadata={"help": "PLY frame: colmap = the capture's own (overlays its points and cameras), or normalized"},
+    )
 
     def __post_init__(self):
         if not 0 <= self.sh_degree <= 3:
@@ -183,6 +204,9 @@ class EvalCommandConfig:
     )
     run_dir: str = field(default="", metadata={"help": "training run folder (newest checkpoint is used)"})
     ply: str = field(default="", metadata={"help": "evaluate this PLY instead of a checkpoint"})
+    ply_frame: Literal["colmap", "normalized"] = field(
+        default="colmap", metadata={"help": "frame of --ply: colmap (as export writes it) or normalized"}
+    )
     scene: str = field(default="", metadata={"help": "scene folder (default: the one the run trained on)"})
     factor: int = field(default=0, metadata={"help": "data factor (0: the run's)"})
     split: Literal["test", "train"] = field(default="test", metadata={"help": "which views to evaluate"})
@@ -200,6 +224,9 @@ class RenderCommandConfig:
     )
     run_dir: str = field(default="", metadata={"help": "training run folder"})
     ply: str = field(default="", metadata={"help": "render this PLY instead of a checkpoint"})
+    ply_frame: Literal["colmap", "normalized"] = field(
+        default="colmap", metadata={"help": "frame of --ply: colmap (as export writes it) or normalized"}
+    )
     scene: str = field(default="", metadata={"help": "scene folder (for camera intrinsics and path)"})
     factor: int = field(default=0, metadata={"help": "data factor (0: the run's)"})
     mode: Literal["turntable", "views"] = field(default="turntable", metadata={"help": "orbit video or test views"})
@@ -213,3 +240,7 @@ class RenderCommandConfig:
 class ExportCommandConfig:
     run_dir: str = field(default="", metadata={"help": "training run folder (newest checkpoint is exported)"})
     out: str = field(default="", metadata={"help": "PLY path (default: run_dir/point_cloud.ply)"})
+    frame: Literal["colmap", "normalized"] = field(
+        default="colmap",
+        metadata={"help": "colmap = the capture's own frame (overlays its points and cameras), or normalized"},
+    )

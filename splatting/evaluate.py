@@ -20,6 +20,7 @@ from genai_train.config import load_config
 from genai_train.device import select_device
 from splatting.colmap import Scene, View, load_scene
 from splatting.config import EvalCommandConfig, ExportCommandConfig, RenderCommandConfig, TrainConfig
+from splatting.gaussians import transform_gaussians
 from splatting.metrics import LPIPSUnavailable, lpips_metric, psnr, ssim
 from splatting.ply import load_ply, save_ply
 from splatting.render import RasterSettings, render
@@ -148,6 +149,12 @@ def saved_config(run_dir: str | Path) -> TrainConfig | None:
     return load_config(TrainConfig, path) if path is not None and path.exists() else None
 
 
+def _run_settings(run_dir: str) -> RasterSettings:
+    """The rasterizer settings a run trained with (its render.mode: classic or antialiased)."""
+    saved = saved_config(run_dir)
+    return RasterSettings(mode=saved.render.mode) if saved is not None else DEFAULT_SETTINGS
+
+
 def _run_background(run_dir: str, choice: str, device) -> Tensor | None:
     if choice != "auto":
         return eval_background(choice, device)
@@ -155,14 +162,21 @@ def _run_background(run_dir: str, choice: str, device) -> Tensor | None:
     return eval_background(saved.render.background if saved else "black", device)
 
 
-def _scene_for(run_dir: str, scene: str, factor: int) -> Scene:
+def _scene_for(run_dir: str, scene: str, factor: int, check_images: bool = True) -> Scene:
     saved = saved_config(run_dir)
     data = saved.data if saved is not None else TrainConfig().data
     root = scene or data.root
     if not root:
         raise ValueError("no scene: pass --scene DIR (or --run_dir of a run that recorded one)")
     return load_scene(
-        root, factor or data.factor, data.test_every, data.normalize, data.image_dir, data.cache_dir or None
+        root,
+        factor or data.factor,
+        data.test_every,
+        data.normalize,
+        data.image_dir,
+        data.cache_dir or None,
+        skip_unreadable=data.skip_unreadable,
+        check_images=check_images,
     )
 
 
@@ -170,6 +184,7 @@ def run_eval(cfg: EvalCommandConfig) -> dict:
     device = select_device(cfg.device)
     params = load_gaussians(cfg.run_dir, cfg.ply, device)
     scene = _scene_for(cfg.run_dir, cfg.scene, cfg.factor)
+    params = _into_scene_frame(params, cfg.ply, cfg.ply_frame, scene)
     views = scene.test if cfg.split == "test" else scene.train
     out = Path(cfg.out or (Path(cfg.run_dir) / "eval" if cfg.run_dir else "splat_eval"))
     m = evaluate(
@@ -178,6 +193,7 @@ def run_eval(cfg: EvalCommandConfig) -> dict:
         views,
         sh_degree_of(params),
         device,
+        settings=_run_settings(cfg.run_dir),
         backend=cfg.backend,
         out_dir=out / "renders",
         lpips_net=cfg.lpips_net,
@@ -217,15 +233,17 @@ def run_render(cfg: RenderCommandConfig) -> dict:
     device = select_device(cfg.device)
     params = load_gaussians(cfg.run_dir, cfg.ply, device)
     scene = _scene_for(cfg.run_dir, cfg.scene, cfg.factor)
+    params = _into_scene_frame(params, cfg.ply, cfg.ply_frame, scene)
     out = Path(cfg.out or (Path(cfg.run_dir) / "render" if cfg.run_dir else "splat_render"))
     out.mkdir(parents=True, exist_ok=True)
     deg = sh_degree_of(params)
     bg = _run_background(cfg.run_dir, cfg.background, device)
+    settings = _run_settings(cfg.run_dir)
     ref = scene.train[0] if scene.train else scene.test[0]
     if cfg.mode == "views":
         paths = []
         for v in scene.test or scene.train:
-            img, _, _ = render_view(params, v, deg, device, background=bg)
+            img, _, _ = render_view(params, v, deg, device, settings, background=bg)
             p = out / f"{Path(v.name).stem}.png"
             iio.imwrite(p, (img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))
             paths.append(str(p))
@@ -237,7 +255,7 @@ def run_render(cfg: RenderCommandConfig) -> dict:
     frames = []
     for c2w in orbit_cameras(torch.zeros(3), radius, height, cfg.frames):
         v = View(name="orbit", image_path=ref.image_path, K=ref.K, camtoworld=c2w, width=ref.width, height=ref.height)
-        img, _, _ = render_view(params, v, deg, device, background=bg)
+        img, _, _ = render_view(params, v, deg, device, settings, background=bg)
         frames.append((img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))
     path = out / "turntable.gif"
     iio.imwrite(path, frames, duration=1000 / cfg.fps, loop=0)
@@ -246,11 +264,30 @@ def run_render(cfg: RenderCommandConfig) -> dict:
     return {"video": str(path), "first_frame": str(out / "turntable_first.png")}
 
 
+def _into_scene_frame(params: dict[str, Tensor], ply: str, frame: str, scene: Scene) -> dict[str, Tensor]:
+    """A PLY in the capture's COLMAP frame moved into the scene's normalized world (checkpoints already are)."""
+    return transform_gaussians(params, scene.transform) if ply and frame == "colmap" else params
+
+
+def run_transform(run_dir: str | Path) -> Tensor:
+    """The normalization [4, 4] (COLMAP -> normalized, float64) of a training run: from its scene.json, or, for
+    a run that has none, by loading its scene again."""
+    saved = Path(run_dir) / "scene.json"
+    if saved.exists():
+        norm = json.loads(saved.read_text()).get("normalization")
+        t = torch.eye(4, dtype=torch.float64)
+        if norm is not None:
+            t[:3, :3] = norm["scale"] * torch.tensor(norm["rotation"], dtype=torch.float64)
+            t[:3, 3] = torch.tensor(norm["translation"], dtype=torch.float64)
+        return t
+    return _scene_for(str(run_dir), "", 0, check_images=False).transform
+
+
 def run_export(cfg: ExportCommandConfig) -> dict:
     params = load_gaussians(cfg.run_dir, "", "cpu")
     path = Path(cfg.out or Path(cfg.run_dir) / "point_cloud.ply")
-    info = save_ply(params, path)
-    msg = f"wrote {info['written']} Gaussians -> {path}"
+    info = save_ply(params, path, transform=run_transform(cfg.run_dir) if cfg.frame == "colmap" else None)
+    msg = f"wrote {info['written']} Gaussians ({cfg.frame} frame) -> {path}"
     if info["dropped_nonfinite"]:
         msg += f" ({info['dropped_nonfinite']} with NaN/Inf attributes dropped)"
     print(msg)

@@ -148,3 +148,107 @@ class GaussianModel:
 
 
 __all__ += ["GaussianModel"]
+
+
+def rotmat_to_quat(rot: Tensor) -> Tensor:
+    """wxyz unit quaternion of a rotation matrix (Shepperd's method, the largest pivot). [..., 3, 3] -> [..., 4]."""
+    m = rot
+    t = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    cands = torch.stack(
+        [
+            torch.stack(
+                [1 + t, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1
+            ),
+            torch.stack(
+                [
+                    m[..., 2, 1] - m[..., 1, 2],
+                    1 + 2 * m[..., 0, 0] - t,
+                    m[..., 0, 1] + m[..., 1, 0],
+                    m[..., 0, 2] + m[..., 2, 0],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 0, 1] + m[..., 1, 0],
+                    1 + 2 * m[..., 1, 1] - t,
+                    m[..., 1, 2] + m[..., 2, 1],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 1, 0] - m[..., 0, 1],
+                    m[..., 0, 2] + m[..., 2, 0],
+                    m[..., 1, 2] + m[..., 2, 1],
+                    1 + 2 * m[..., 2, 2] - t,
+                ],
+                -1,
+            ),
+        ],
+        dim=-2,
+    )  # [..., 4, 4]: row i is 4 q_i q (one candidate per pivot)
+    pivot = torch.stack([1 + t, 1 + 2 * m[..., 0, 0] - t, 1 + 2 * m[..., 1, 1] - t, 1 + 2 * m[..., 2, 2] - t], -1)
+    best = pivot.argmax(-1)
+    q = torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 4))[..., 0, :]
+    q = torch.nn.functional.normalize(q, dim=-1)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product a b of wxyz quaternions (rotation b, then a). [..., 4] x [..., 4] -> [..., 4]."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
+
+
+def sh_rotation(rot: Tensor, degree: int, n_dirs: int = 64) -> Tensor:
+    """The linear map T [K-1, K-1] of higher-order SH coefficients under a rotation ``rot`` [3, 3] of the world:
+    the colour Y(d) c seen along d must be seen along d' = rot d after the rotation, Y(d') c' = Y(rot^T d') c for
+    all d', so c' = T c with Y(d') T = Y(rot^T d'); solved exactly (each SH band is closed under rotation) by
+    least squares over ``n_dirs`` fixed directions."""
+    from splatting.render.sh import sh_basis
+
+    k = num_sh_bases(degree)
+    if k == 1:
+        return torch.zeros(0, 0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(n_dirs, 3, generator=g, dtype=torch.float64), dim=-1)
+    rot = rot.double()
+    y_new = sh_basis(degree, dirs)[:, 1:]  # [D, K-1] at d' (the new frame)
+    y_old = sh_basis(degree, dirs @ rot)[:, 1:]  # [D, K-1] at d = rot^T d' (rows: (rot^T d')^T = d'^T rot)
+    return torch.linalg.lstsq(y_new, y_old).solution  # y_new T = y_old
+
+
+@torch.no_grad()
+def transform_gaussians(params: dict[str, Tensor], transform: Tensor) -> dict[str, Tensor]:
+    """The Gaussians moved by a similarity x -> s R x + t (``transform`` [4, 4]): means mapped, log-scales
+    + log s, rotations R q, view-dependent colour (higher-order SH) rotated with the world; opacity and the
+    base colour unchanged. Returns new tensors in the input dtypes (computed in float64)."""
+    t = transform.double().cpu()
+    s = float(torch.linalg.norm(t[:3, 0]))
+    rot = t[:3, :3] / s
+    out = {k: v.detach().clone() for k, v in params.items()}
+    means = params["means"].detach()
+    out["means"] = (means.double().cpu() @ (s * rot).T + t[:3, 3]).to(means)
+    out["scales"] = (params["scales"].detach().double() + math.log(s)).to(params["scales"])
+    q = params["quats"].detach()
+    out["quats"] = quat_multiply(rotmat_to_quat(rot)[None], q.double().cpu()).to(q)
+    shn = params["shN"].detach()
+    if shn.shape[1]:
+        degree = math.isqrt(shn.shape[1] + 1) - 1
+        tm = sh_rotation(rot, degree)  # [K-1, K-1]
+        out["shN"] = torch.einsum("jk,nkc->njc", tm, shn.double().cpu()).to(shn)
+    return out
+
+
+__all__ += ["rotmat_to_quat", "quat_multiply", "sh_rotation", "transform_gaussians"]

@@ -3,6 +3,11 @@
 Binary little-endian vertex elements with float properties x y z nx ny nz f_dc_0..2
 f_rest_0..3(K-1)-1 (channel-major: all of R's higher-order coefficients, then G's, then B's), opacity
 (logit), scale_0..2 (log), rot_0..3 (wxyz, unnormalized). Normals are written as zeros.
+
+Frames: training happens in the loader's normalized world (``Scene.transform``: COLMAP -> normalized, a
+similarity). ``save_ply(..., transform=scene.transform)`` writes the Gaussians in the capture's own COLMAP
+frame (the similarity inverted: means, scales, rotations and view-dependent colour), so the PLY overlays the
+COLMAP points and cameras in any viewer; ``load_ply(..., transform=scene.transform)`` applies it again.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from splatting.gaussians import transform_gaussians
+
 __all__ = ["save_ply", "load_ply", "PLYError"]
 
 
@@ -22,9 +29,16 @@ class PLYError(ValueError):
     """A PLY file is not a Gaussian splat file in INRIA layout."""
 
 
-def save_ply(params: dict[str, Tensor], path: str | os.PathLike) -> dict:
-    """Write the Gaussians to ``path``; rows with NaN/Inf in any attribute are dropped and counted."""
+def save_ply(params: dict[str, Tensor], path: str | os.PathLike, transform: Tensor | None = None) -> dict:
+    """Write the Gaussians to ``path``; rows with NaN/Inf in any attribute are dropped and counted.
+
+    ``transform`` [4, 4] (the scene's normalization, COLMAP -> normalized): write in the COLMAP frame."""
     from plyfile import PlyData, PlyElement
+
+    frame = "normalized"
+    if transform is not None:
+        params = transform_gaussians(params, torch.linalg.inv(transform.double()))
+        frame = "colmap"
 
     means = params["means"].detach().cpu().float()
     n = means.shape[0]
@@ -58,13 +72,17 @@ def save_ply(params: dict[str, Tensor], path: str | os.PathLike) -> dict:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    PlyData([PlyElement.describe(arr, "vertex")], byte_order="<").write(str(tmp))
+    comments = [f"genai-train frame {frame}"]
+    PlyData([PlyElement.describe(arr, "vertex")], byte_order="<", comments=comments).write(str(tmp))
     os.replace(tmp, path)
     return {"written": int(data.shape[0]), "dropped_nonfinite": dropped}
 
 
-def load_ply(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read an INRIA-layout PLY into gsplat-layout tensors (means, scales, quats, opacities, sh0, shN)."""
+def load_ply(path: str | os.PathLike, transform: Tensor | None = None) -> dict[str, Tensor]:
+    """Read an INRIA-layout PLY into gsplat-layout tensors (means, scales, quats, opacities, sh0, shN).
+
+    ``transform`` [4, 4] (the scene's normalization): the file is in the COLMAP frame; move it into the
+    normalized world the renderer and the scene's cameras use."""
     from plyfile import PlyData
 
     path = Path(path)
@@ -104,7 +122,7 @@ def load_ply(path: str | os.PathLike) -> dict[str, Tensor]:
 
     n = len(v["x"])
     rest = col(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else torch.zeros(n, 0)
-    return {
+    out = {
         "means": col("x", "y", "z"),
         "scales": col("scale_0", "scale_1", "scale_2"),
         "quats": col("rot_0", "rot_1", "rot_2", "rot_3"),
@@ -112,3 +130,4 @@ def load_ply(path: str | os.PathLike) -> dict[str, Tensor]:
         "sh0": col("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :],
         "shN": rest.reshape(n, 3, k_minus_1).transpose(1, 2).contiguous(),
     }
+    return out if transform is None else transform_gaussians(out, transform)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from genai_train.distributed import DistInfo
 from genai_train.run import Run, Value
-from splatting.colmap import Scene, load_scene
+from splatting.colmap import Scene, format_report, load_scene
 from splatting.config import DataConfig, OptimConfig, TrainConfig
 from splatting.evaluate import eval_background, evaluate, render_view
 from splatting.gaussians import GaussianModel, empty_gaussians, init_gaussians
@@ -151,9 +151,11 @@ def means_lr(lr: OptimConfig, scene_scale: float, step: int, total: int) -> floa
 
 
 def training_loss(img: Tensor, gt: Tensor, params: dict[str, Tensor], cfg: TrainConfig) -> tuple[Tensor, Tensor]:
-    """(loss, L1): (1 - l) L1 + l (1 - SSIM), plus the optional opacity and scale regularizers."""
+    """(loss, L1): (1 - l) L1 + l (1 - SSIM), plus the optional opacity and scale regularizers and the
+    strategy's own (3DGS-MCMC's)."""
     l1 = (img - gt).abs().mean()
     loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt, padding="valid"))
+    loss = loss + cfg.strategy.regularization(params)
     if cfg.opacity_reg:
         loss = loss + cfg.opacity_reg * torch.sigmoid(params["opacities"]).mean()
     if cfg.scale_reg:
@@ -178,7 +180,15 @@ def load_train_scene(data: DataConfig) -> Scene:
     """The scene of ``data``, checked before anything is written: a refused scene creates no run folder."""
     if not data.root:
         raise ValueError("no scene given: pass --scene DIR (a COLMAP folder with images/ and sparse/)")
-    return load_scene(data.root, data.factor, data.test_every, data.normalize, data.image_dir, data.cache_dir or None)
+    return load_scene(
+        data.root,
+        data.factor,
+        data.test_every,
+        data.normalize,
+        data.image_dir,
+        data.cache_dir or None,
+        skip_unreadable=data.skip_unreadable,
+    )
 
 
 def _all_reduce_sum(tensors: list[Tensor], dist: DistInfo) -> None:
@@ -237,9 +247,13 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         params = params.to(device)
     gaussians = GaussianModel(params)
     optimizers = Optimizers(make_optimizers(params, cfg.optim, scene_scale))
-    sstate = Value(strategy.initialize_state(scene_scale))
+    sstate = Value(strategy.initialize_state(scene_scale, seed=cfg.run.seed))
     stateful = dict(gaussians=gaussians, optimizers=optimizers, strategy=sstate, sampler=SamplerState(sampler))
-    start = run.restore(**stateful)
+    start = run.restore(**stateful)  # the run is accepted (or refused) here: only now is anything written
+    for line in format_report(scene.report):
+        run.info(line)
+    if run.is_main:  # the loader's report and the normalization, which PLY export inverts (splatting/ply.py)
+        (run.dir / "scene.json").write_text(json.dumps(scene.report, indent=2))
     strategy.check_sanity(params, optimizers)
     n_param_bytes = sum(p.numel() * p.element_size() for p in params.values())
     run.info(
@@ -287,12 +301,15 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         for o in optimizers.values():
             o.step()
             o.zero_grad(set_to_none=True)
-        if step < strategy.refine_stop:
+        if strategy.accumulates and step < strategy.refine_stop:
             delta = strategy.initialize_state(scene_scale)
             for info in infos:
                 strategy.accumulate(params, delta, info)
             _merge_statistics(sstate.value, delta, dist)
-        events = strategy.refine(params, optimizers, sstate.value, step)
+        # the means LR after this step's decay: MCMC scales its position noise by it (as gsplat does)
+        events = strategy.refine(
+            params, optimizers, sstate.value, step, lr=means_lr(cfg.optim, scene_scale, step + 1, total)
+        )
         if events.get("opacity_reset"):
             run.info(f"step {step}: opacities reset to {2 * strategy.prune_opa}")
         bar.update(1)
@@ -349,7 +366,8 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         )
     if cfg.export_ply:
         result["ply"] = str(run.dir / "point_cloud.ply")
-        info = save_ply(params, run.dir / "point_cloud.ply")
+        frame = scene.transform if cfg.export_frame == "colmap" else None
+        info = save_ply(params, run.dir / "point_cloud.ply", transform=frame)
         if info["dropped_nonfinite"]:
             run.info(f"PLY export dropped {info['dropped_nonfinite']} Gaussians with NaN/Inf attributes")
     (run.dir / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "gaussians"}, indent=2))

@@ -59,7 +59,7 @@ def rasterize(
         packed=False,
         tile_size=settings.tile_size,
         backgrounds=backgrounds,
-        rasterize_mode="classic",
+        rasterize_mode=settings.mode,
     )
     info = dict(info)
     info.setdefault("n_isects", int(info["isect_ids"].shape[0]) if "isect_ids" in info else 0)

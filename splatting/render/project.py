@@ -5,6 +5,9 @@
 
 1. EWA projection: Sigma_2D = J W Sigma W^T J^T + eps2d I, J the perspective Jacobian at the (frustum-
    clamped) camera-space mean; conic = Sigma_2D^-1 stored as (a, b, c) = (inv00, inv01, inv11).
+   ``mode="antialiased"`` (gsplat's 2-D filter, Mip-Splatting's): the same dilated Sigma_2D, and the opacity
+   multiplied by sqrt(det(Sigma_2D - eps2d I) / det(Sigma_2D)) so the dilation does not add energy (a
+   Gaussian smaller than a pixel fades instead of growing).
 2. Extent: radius per axis = ceil(k * sqrt(Sigma_2D[ii])) with k = 3.33 (gsplat 1.5); a Gaussian touches the
    tiles its box overlaps; off-screen, behind-near-plane or degenerate Gaussians get radius 0. The tile
    intersections are generated with ``repeat_interleave``, and pairs whose opacity-scaled ellipse misses
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -34,6 +38,7 @@ class RasterSettings:
     """Numerical constants of the classic rasterizer (gsplat 1.5 defaults)."""
 
     eps2d: float = 0.3
+    mode: Literal["classic", "antialiased"] = "classic"  # antialiased: opacity x the 2-D filter's compensation
     near_plane: float = 0.01
     far_plane: float = 1e10
     radius_sigmas: float = 3.33
@@ -58,11 +63,14 @@ def project_ewa(
     width: int,
     height: int,
     settings: RasterSettings = DEFAULT_SETTINGS,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    compensation: bool = False,
+) -> tuple[Tensor, ...]:
     """EWA splatting of 3-D Gaussians into C pinhole views (Zwicker et al. 2002; paper Eq. 5).
 
     means [N, 3], covars [N, 3, 3], viewmats [C, 4, 4] world->camera, Ks [C, 3, 3].
-    Returns means2d [C, N, 2] (pixels), conics [C, N, 3], depths [C, N], radii [C, N, 2] (int32, 0 = culled).
+    Returns means2d [C, N, 2] (pixels), conics [C, N, 3], depths [C, N], radii [C, N, 2] (int32, 0 = culled),
+    and with ``compensation`` also sqrt(det(Sigma_2D) / det(Sigma_2D + eps2d I)) [C, N] (the antialiasing
+    filter's opacity factor).
     """
     rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]
     means_c = torch.einsum("cij,nj->cni", rot, means) + trans[:, None, :]  # [C, N, 3]
@@ -99,6 +107,10 @@ def project_ewa(
         )
         keep = valid & inside & torch.isfinite(radii).all(-1)
         radii = torch.where(keep[..., None], radii, torch.zeros_like(radii)).int()
+    if compensation:
+        det_orig = cov2d[..., 0, 0] * cov2d[..., 1, 1] - b * b  # [C, N], before the eps2d dilation
+        comp = torch.sqrt((det_orig / det).clamp_min(0.0))
+        return means2d, conics, tz, radii, comp
     return means2d, conics, tz, radii
 
 

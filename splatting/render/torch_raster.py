@@ -358,8 +358,14 @@ def rasterize(
     """
     n_cams = viewmats.shape[0]
     covars = gaussians.covariance_3d(quats, scales)
-    means2d, conics, depths, radii = project_ewa(means, covars, viewmats, Ks, width, height, settings)
-    view_opac = opacities[None, :].repeat(n_cams, 1)  # [C, N] per-view opacities (own node in the graph)
+    if settings.mode == "antialiased":
+        means2d, conics, depths, radii, comp = project_ewa(
+            means, covars, viewmats, Ks, width, height, settings, compensation=True
+        )
+        view_opac = opacities[None, :] * comp  # [C, N] per-view opacities, filtered (own node in the graph)
+    else:
+        means2d, conics, depths, radii = project_ewa(means, covars, viewmats, Ks, width, height, settings)
+        view_opac = opacities[None, :].repeat(n_cams, 1)  # [C, N] per-view opacities (own node in the graph)
     if sh_degree is not None:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
         dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]

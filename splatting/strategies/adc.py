@@ -11,6 +11,7 @@ Every ``reset_every`` steps opacities are clamped to 2 * prune_opa. Unlike gspla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -39,6 +40,8 @@ class DensifyStrategy:
     pause_refine_after_reset: int = field(default=0, metadata={"help": "skip densification for N steps after a reset"})
     max_gaussians: int = field(default=0, metadata={"help": "stop growing beyond this many Gaussians (0: no cap)"})
 
+    accumulates: ClassVar[bool] = True  # per-view statistics, summed over the step's views and ranks
+
     def __post_init__(self):
         if self.refine_every < 1:
             raise ValueError(f"strategy.refine_every must be >= 1, got {self.refine_every}")
@@ -47,8 +50,8 @@ class DensifyStrategy:
         if not 0 < self.prune_opa < 0.5:
             raise ValueError(f"strategy.prune_opa must be in (0, 0.5), got {self.prune_opa}")
 
-    def initialize_state(self, scene_scale: float = 1.0) -> dict:
-        """Per-Gaussian accumulators are created lazily at the first backward (N is known then)."""
+    def initialize_state(self, scene_scale: float = 1.0, seed: int = 0) -> dict:
+        """Per-Gaussian accumulators are created lazily at the first backward (N is known then); no draws."""
         return {"grad2d": None, "count": None, "scene_scale": float(scene_scale)}
 
     def check_sanity(self, params: torch.nn.ParameterDict, optimizers: dict) -> None:
@@ -87,7 +90,11 @@ class DensifyStrategy:
         if info is not None:
             self._accumulate(params, state, info)
 
-    def refine(self, params, optimizers, state: dict, step: int) -> dict:
+    def regularization(self, params) -> float:
+        """No loss term of its own (the trainer's opacity_reg / scale_reg still apply)."""
+        return 0.0
+
+    def refine(self, params, optimizers, state: dict, step: int, lr: float | None = None) -> dict:
         """Grow/prune and reset on schedule from the accumulated statistics (once per optimizer step)."""
         events: dict = {}
         if step >= self.refine_stop:

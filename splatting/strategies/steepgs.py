@@ -181,8 +181,8 @@ class SteepGSStrategy(DensifyStrategy):
         if not self.min_decrease >= 0:
             raise ValueError(f"strategy.min_decrease must be >= 0 (a loss decrease), got {self.min_decrease}")
 
-    def initialize_state(self, scene_scale: float = 1.0) -> dict:
-        return {**super().initialize_state(scene_scale), "S": None}
+    def initialize_state(self, scene_scale: float = 1.0, seed: int = 0) -> dict:
+        return {**super().initialize_state(scene_scale, seed), "S": None}
 
     def step_pre_backward(self, params, optimizers, state: dict, step: int, info: dict) -> None:
         super().step_pre_backward(params, optimizers, state, step, info)

@@ -75,11 +75,11 @@ def test_test_split_normalization_and_downscale(scene_dir, tmp_path):
     assert torch.allclose(rot @ rot.T, torch.eye(3), atol=1e-5)  # rotations stay orthonormal
     assert 0.3 < centers.norm(dim=-1).median() < 3.0  # unit-ish scale
     # the similarity maps the original camera centres onto the normalized ones
-    orig = torch.stack([c[:3, 3] for c in truth["c2w"]]).float()
+    orig = torch.stack([c[:3, 3] for c in truth["c2w"]]).double()
     mapped = orig @ scene.transform[:3, :3].T + scene.transform[:3, 3]
     names = [x.name for x in scene.train + scene.test]
     order = [truth["names"].index(n) for n in names]
-    assert torch.allclose(mapped[order], centers, atol=1e-4)
+    assert torch.allclose(mapped[order].float(), centers, atol=1e-4)
 
 
 def test_distortion_model_matches_pycolmap():

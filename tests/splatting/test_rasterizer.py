@@ -13,12 +13,12 @@ from splatting.render.torch_raster import rasterize
 from .splat_reference import reference_render
 
 
-def _scene(n: int, seed: int, dtype=torch.float64, opac_lo: float = 0.01, spread: float = 0.6):
+def _scene(n: int, seed: int, dtype=torch.float64, opac_lo: float = 0.01, spread: float = 0.6, scale_lo=0.02):
     g = torch.Generator().manual_seed(seed)
     means = torch.randn(n, 3, generator=g, dtype=dtype) * spread
     means[:, 2] += 4.0
     quats = torch.randn(n, 4, generator=g, dtype=dtype)
-    scales = torch.rand(n, 3, generator=g, dtype=dtype) * 0.2 + 0.02
+    scales = torch.rand(n, 3, generator=g, dtype=dtype) * 0.2 + scale_lo
     opac = torch.rand(n, generator=g, dtype=dtype) * (0.99 - opac_lo) + opac_lo
     cols = torch.rand(n, 3, generator=g, dtype=dtype)
     return means, quats, scales, opac, cols
@@ -190,14 +190,16 @@ def test_sh_matches_gsplat_torch_impl():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_matches_gsplat_cuda_rasterizer():
+@pytest.mark.parametrize("mode", ["classic", "antialiased"])
+def test_matches_gsplat_cuda_rasterizer(mode):
     from splatting.render import gsplat_cuda
 
-    means, quats, scales, opac, cols = (t.float().cuda() for t in _scene(500, 13, torch.float64))
+    settings = RasterSettings(mode=mode)
+    means, quats, scales, opac, cols = (t.float().cuda() for t in _scene(500, 13, torch.float64, scale_lo=0.002))
     viewmats, Ks = (t.float().cuda() for t in _camera(64, 48))
     leaves = [t.requires_grad_() for t in (means, quats, scales, opac, cols)]
-    ours = rasterize(means, quats, scales, opac, cols, viewmats, Ks, 64, 48)
-    theirs = gsplat_cuda.rasterize(means, quats, scales, opac, cols, viewmats, Ks, 64, 48)
+    ours = rasterize(means, quats, scales, opac, cols, viewmats, Ks, 64, 48, settings=settings)
+    theirs = gsplat_cuda.rasterize(means, quats, scales, opac, cols, viewmats, Ks, 64, 48, settings=settings)
     assert (ours[0] - theirs[0]).abs().max() < 1e-3
     g1 = torch.autograd.grad(ours[0].sum(), leaves)
     g2 = torch.autograd.grad(theirs[0].sum(), leaves)
@@ -255,3 +257,35 @@ def test_fragments_are_kept_for_the_backward_only_when_gradients_are_needed(monk
     kept.clear()
     rasterize(means, quats, scales, opac, cols, viewmats, Ks, 32, 24)
     assert sum(kept) > 0
+
+
+@pytest.mark.parametrize("seed,tile", [(3, 16), (4, 8)])
+def test_antialiased_images_and_gradients_match_bruteforce_reference(seed, tile):
+    """gsplat's antialiased mode: opacity x sqrt(det(Sigma) / det(Sigma + 0.3 I)); the reference derives the
+    factor independently from the dilated conic, det(conic^-1 - 0.3 I) det(conic), then renders per pixel."""
+    settings = RasterSettings(tile_size=tile, mode="antialiased")
+    width, height = 37, 29
+    means, quats, scales, opac, cols = _scene(70, seed, scale_lo=0.002)
+    viewmats, Ks = _camera(width, height)
+    bg = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    leaves = [t.requires_grad_() for t in (means, quats, scales, opac, cols)]
+    img, alpha, _ = rasterize(
+        means, quats, scales, opac, cols, viewmats, Ks, width, height, backgrounds=bg[None], settings=settings
+    )
+    w = torch.randn(img.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    g_fast = torch.autograd.grad((img * w).sum() + (alpha * w[..., :1]).sum(), leaves)
+    m2, con, dep, rad = project_ewa(means, covariance_3d(quats, scales), viewmats, Ks, width, height, settings)
+    a, b, c = con[0].unbind(-1)
+    det_conic = a * c - b * b
+    sigma = torch.stack([c, -b, -b, a], -1).reshape(-1, 2, 2) / det_conic[:, None, None]  # conic^-1 = Sigma + 0.3 I
+    sigma = sigma - 0.3 * torch.eye(2, dtype=torch.float64)
+    comp = torch.sqrt((torch.linalg.det(sigma) * det_conic).clamp_min(0))
+    assert comp.min() < 0.5 < comp.max()  # some Gaussians are below a pixel: the filter matters
+    ref_img, ref_alpha = reference_render(m2[0], con[0], opac * comp, cols, rad[0], dep[0], width, height, bg, settings)
+    g_ref = torch.autograd.grad((ref_img * w[0]).sum() + (ref_alpha * w[0, ..., :1]).sum(), leaves)
+    assert (img[0] - ref_img).abs().max() < 1e-4 and (alpha[0] - ref_alpha).abs().max() < 1e-4
+    classic, _, _ = rasterize(means, quats, scales, opac, cols, viewmats, Ks, width, height, backgrounds=bg[None])
+    assert (classic[0] - img[0]).abs().max() > 1e-2  # the mode changes the image
+    for name, x, y in zip(("means", "quats", "scales", "opacities", "colors"), g_fast, g_ref):
+        assert y.abs().max() > 1e-3, name
+        assert (x - y).abs().max() < 1e-4 * max(1.0, y.abs().max().item()), name

@@ -18,7 +18,7 @@ from genai_train.cli import main as cli_main  # noqa: E402
 from genai_train.config import ConfigError, load_config  # noqa: E402
 from genai_train.testing import path_spellings, spawn_ranks, tree_hashes  # noqa: E402
 from splatting.config import EvalCommandConfig, TrainConfig  # noqa: E402
-from splatting.evaluate import run_eval  # noqa: E402
+from splatting.evaluate import _run_settings, run_eval  # noqa: E402
 from splatting.synthetic import write_colmap_scene  # noqa: E402
 from splatting.train import train  # noqa: E402
 
@@ -55,6 +55,9 @@ def _overrides(scene, run_dir, steps=10, **extra) -> list[str]:
         "--eval.save_images=false",
         "--run.threads=1",
     ]
+    if extra.get("strategy.name") == "mcmc":  # its own schedule: relocate the fading half, grow 5% at 3, 6, 9
+        out = [a for a in out if not a.startswith(("--strategy.reset_every", "--strategy.grow_grad2d"))]
+        out += ["--strategy.min_opacity=0.1"]
     return out + [f"--{k}={v}" for k, v in extra.items()]
 
 
@@ -71,13 +74,16 @@ def _counts(run_dir) -> list[int]:
     return [r["n_gaussians"] for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("strategy", ["adc", "steepgs"])
+@pytest.mark.parametrize("strategy", ["adc", "steepgs", "mcmc"])
 def test_resume_at_step_5_matches_10_straight_steps_bit_for_bit_across_densification(scene, tmp_path, strategy):
     straight = train(_cfg(scene, tmp_path / "a", **{"strategy.name": strategy}))
     assert len(set(_counts(tmp_path / "a"))) > 1 and straight["n_gaussians"] != N_POINTS  # densified in 10 steps
     part = train(_cfg(scene, tmp_path / "b", **{"strategy.name": strategy}), stop_after=5)
     assert part["steps_done"] == 5
     rest = train(_cfg(scene, tmp_path / "b", **{"strategy.name": strategy}))
+    if strategy == "mcmc":
+        rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+        assert sum(r.get("relocated", 0) for r in rows) > 0 and sum(r.get("added", 0) for r in rows) > 0
     assert rest["steps_done"] == 10 and rest["n_gaussians"] == straight["n_gaussians"]
     (sa, a), (sb, b) = _latest(tmp_path / "a"), _latest(tmp_path / "b")
     assert sa == sb == 10
@@ -125,15 +131,16 @@ def test_scene_path_spelled_three_ways_resumes_one_run(scene, tmp_path, monkeypa
     assert straight["n_gaussians"] == result["n_gaussians"]
 
 
-def _rank_main(rank: int, scene: str, run_dir: str, out: str) -> None:
-    result = train(_cfg(scene, run_dir))
+def _rank_main(rank: int, scene: str, run_dir: str, out: str, strategy: str) -> None:
+    result = train(_cfg(scene, run_dir, **{"strategy.name": strategy}))
     torch.save(result["gaussians"], Path(out) / f"rank{rank}.pt")
 
 
-def test_two_ranks_equal_one_process_on_the_combined_views(scene, tmp_path):
-    one = train(_cfg(scene, tmp_path / "one", **{"train.grad_accum": 2}))
+@pytest.mark.parametrize("strategy", ["adc", "mcmc"])
+def test_two_ranks_equal_one_process_on_the_combined_views(scene, tmp_path, strategy):
+    one = train(_cfg(scene, tmp_path / "one", **{"train.grad_accum": 2, "strategy.name": strategy}))
     assert len(set(_counts(tmp_path / "one"))) > 1  # a densification event inside the run
-    spawn_ranks(_rank_main, world=2, args=(str(scene), str(tmp_path / "ddp"), str(tmp_path)))
+    spawn_ranks(_rank_main, world=2, args=(str(scene), str(tmp_path / "ddp"), str(tmp_path), strategy))
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # replicated: identical on both ranks
     for k, v in one["gaussians"].items():
@@ -158,6 +165,11 @@ def test_help_of_each_strategy_lists_only_its_own_fields(capsys):
         assert only_steep in steep and only_steep not in adc
     for only_adc in ("strategy.grow_scale3d", "strategy.revised_opacity"):
         assert only_adc in adc and only_adc not in steep
+    assert cli_main(["splat", "train", "--strategy.name=mcmc", "--help"]) == 0
+    mcmc = capsys.readouterr().out
+    for only_mcmc in ("strategy.cap_max", "strategy.noise_lr", "strategy.min_opacity", "strategy.opacity_reg"):
+        assert only_mcmc in mcmc and only_mcmc not in adc and only_mcmc not in steep
+    assert "strategy.grow_scale3d" not in mcmc and "strategy.reset_every" not in mcmc
     for both in ("strategy.refine_every", "train.steps", "train.grad_accum", "optim.means", "run.precision"):
         assert both in adc and both in steep
     assert cli_main(["splat", "train", "--strategy", "steepgs", "--optim.name=adam", "--help"]) == 0
@@ -167,9 +179,11 @@ def test_help_of_each_strategy_lists_only_its_own_fields(capsys):
 def test_eval_reads_the_saved_config_with_the_typed_loader(scene, tmp_path):
     run = tmp_path / "f2"
     cache = tmp_path / "cache"
-    train(_cfg(scene, run, steps=2, **{"data.factor": 2, "data.cache_dir": cache, "render.background": "white"}))
+    overrides = {"data.factor": 2, "data.cache_dir": cache, "render.background": "white", "render.mode": "antialiased"}
+    train(_cfg(scene, run, steps=2, **overrides))
     saved = load_config(TrainConfig, run / "config.yaml")
     assert saved.data.factor == 2 and saved.render.background == "white"
+    assert _run_settings(str(run)).mode == "antialiased"  # eval and render draw the way the run trained
     m = run_eval(EvalCommandConfig(run_dir=str(run), device="cpu", out=str(tmp_path / "ev")))
     assert m["n_views"] == 2  # 9 views, every 8th held out (images 0 and 8)
     import imageio.v3 as iio

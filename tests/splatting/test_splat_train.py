@@ -74,8 +74,8 @@ def test_steepgs_densifies_differently_from_adc_and_logs_the_gaussian_count(scen
     rows = [json.loads(x) for x in (tmp_path / "steep" / "metrics.jsonl").read_text().splitlines()]
     counts = [r["n_gaussians"] for r in rows if "n_gaussians" in r]
     assert len(counts) >= 10 and len(set(counts)) > 1  # the count over time is in the logs
-    with pytest.raises(ConfigError, match="is not one of 'adc', 'steepgs'"):
-        _cfg(scene, tmp_path / "x", **{"strategy.name": "mcmc"})
+    with pytest.raises(ConfigError, match="is not one of 'adc', 'steepgs', 'mcmc'"):
+        _cfg(scene, tmp_path / "x", **{"strategy.name": "bogus"})
 
 
 def test_training_improves_test_psnr(scene, tmp_path):
