@@ -197,7 +197,7 @@ def main() -> None:
             if k % s["eval_every"] == 0 or k == tr.total_steps or (m == "ligo" and k == tr.ligo_steps):
                 v = tr.evaluate()
                 curves[m].append({"step": k, "flops": tr.flops, "wall": tr.wall, "val_loss": v})
-                tr.logger.log(k, val_loss=v, flops=tr.flops, wall=tr.wall)
+                tr.run.log(k, val_loss=v, flops=tr.flops, wall=tr.wall)
         if (i + 1) % (s["eval_every"] * 2) == 0:
             print(
                 " | ".join(f"{m} {c[-1]['step']}: {c[-1]['val_loss']:.4f}" for m, c in curves.items()),

@@ -8,7 +8,6 @@ logging, DDP); this file builds the pieces and adds the EMA ramp-up and the samp
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -152,7 +151,6 @@ def diffusion_loss(
     edm: EDMConfig,
     label_dropout: float = 0.0,
     null_class: int = 0,
-    cpu_bf16: bool = False,
     pixel_loss: PixelLoss | None = None,
 ):
     """loss_fn(model, PatchBatch) for the engine: lambda-weighted squared error, summed over C x P x P
@@ -160,7 +158,7 @@ def diffusion_loss(
     global torch RNG (the same on every rank; the checkpoints save it), drawn for the step's global batch,
     of which this rank keeps its own rows. A class-conditional batch then draws the label dropout the same
     way: a dropped label becomes ``null_class``, so the unconditional prediction is trained too.
-    ``cpu_bf16``: bf16 autocast on the CPU (the core's autocast covers CUDA only)."""
+    (Mixed precision is the engine's: it runs this under bf16 autocast when run.precision asks for it.)"""
 
     def loss_fn(model: nn.Module, batch: PatchBatch) -> Tensor:
         y, pos, take, n, labels = batch  # [B, C, P, P], [B, 2, P, P], [B], global batch size, [B] or None
@@ -173,9 +171,7 @@ def diffusion_loss(
             drop = drop[take] if drop is not None else None
         if labels is not None:
             labels = torch.where(drop, torch.full_like(labels, null_class), labels)  # [B]
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else contextlib.nullcontext()
-        with ctx:
-            per_sample = edm_loss(lambda x, s: model(x, s, pos, labels), y, sigma, noise, edm.sigma_data)  # [B]
+        per_sample = edm_loss(lambda x, s: model(x, s, pos, labels), y, sigma, noise, edm.sigma_data)  # [B]
         loss = per_sample.mean()
         if pixel_loss is not None:
             pixel_loss.add(loss, y[0].numel())
@@ -309,22 +305,6 @@ class PreviewGrid:
         trainer.logger.image("samples", step, image_grid(imgs))
 
 
-def precision_lines(cfg: DiffusionConfig, device: torch.device) -> tuple[bool, list[str]]:
-    """(bf16 autocast on the CPU here?, the lines that say what precision and checkpointing a run uses)."""
-    p = cfg.run.precision
-    cpu_bf16 = p == "bf16" and device.type == "cpu"
-    if device.type == "cuda":
-        line = "bf16 autocast on CUDA" if p in ("auto", "bf16") else "fp32 (run.precision=fp32)"
-    elif cpu_bf16:
-        line = "bf16 autocast on the CPU (run.precision=bf16; slower than fp32 on CPUs without bf16 units)"
-    elif p == "bf16":
-        line = f"fp32: run.precision=bf16 is ignored on {device.type} (autocast here covers cuda and cpu only)"
-    else:
-        line = f"fp32 on {device.type} (run.precision={p}; bf16 autocast: run.precision=bf16)"
-    gc = "on (model.gradient_checkpointing=true)" if cfg.model.gradient_checkpointing else "off"
-    return cpu_bf16, [f"precision: {line}", f"gradient checkpointing: {gc}"]
-
-
 def make_trainer(
     cfg: DiffusionConfig,
     images: Tensor | None = None,
@@ -386,9 +366,6 @@ def make_trainer(
         ramp = EMARampUp(cfg.ema.half_life_steps, cfg.preview.ema_rampup)
         callbacks.append(ramp)
     callbacks += [progress, PreviewGrid(cfg)]
-    from genai_train.device import select_device
-
-    cpu_bf16, lines = precision_lines(cfg, select_device(cfg.run.device))
     trainer = Trainer(
         task="diffusion",
         model=model,
@@ -396,7 +373,6 @@ def make_trainer(
             cfg.edm,
             label_dropout=cfg.model.label_dropout if classes else 0.0,
             null_class=model.null_class,
-            cpu_bf16=cpu_bf16,
             pixel_loss=pixel_loss,
         ),
         batches=batches,
@@ -413,7 +389,10 @@ def make_trainer(
     if ramp is not None and trainer.ema is not None and trainer.resumed_from is None:
         trainer.ema.decay = ramp.decay_for(1)
     if trainer.is_main:
-        for line in lines + ([latent_line] if latent_line else []):
+        gc = "on (model.gradient_checkpointing=true)" if cfg.model.gradient_checkpointing else "off"
+        for line in [trainer.run.precision_line(), f"gradient checkpointing: {gc}"] + (
+            [latent_line] if latent_line else []
+        ):
             trainer.logger.info(line)
     if trainer.is_main and trainer.resumed_from is None:
         mul = mean_batch_multiplier(cfg.data.resolution, cfg.patch)

@@ -39,8 +39,10 @@ def select_device(pref: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device | str, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op (fp32) elsewhere, where bf16 matmuls are slow or unsupported."""
+    """bf16 autocast on CUDA and on the CPU (torch's CPU autocast: bf16 matmuls and convolutions, slower than fp32
+    on CPUs without bf16 units, so the trainers enable it there only for an explicit run.precision=bf16); a no-op
+    (fp32) on other devices, which ``Run`` reports."""
     dev = torch.device(device)
-    if enabled and dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and dev.type in ("cuda", "cpu"):
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

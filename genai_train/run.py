@@ -274,8 +274,18 @@ class Run:
     # -- precision -----------------------------------------------------------------------------------------
     @property
     def use_autocast(self) -> bool:
-        """bf16 autocast: asked for, or ``auto`` on CUDA."""
-        return self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
+        """bf16 autocast (``genai_train.device.autocast``): asked for on CUDA or the CPU, or ``auto`` on CUDA."""
+        p, kind = self.cfg.precision, self.device.type
+        return (p == "bf16" and kind in ("cuda", "cpu")) or (p == "auto" and kind == "cuda")
+
+    def precision_line(self) -> str:
+        """What run.precision does on this device, for a run's first lines (nothing is ignored silently)."""
+        p, kind = self.cfg.precision, self.device.type
+        if self.use_autocast:
+            return f"precision: bf16 autocast on {kind} (run.precision={p})"
+        if p == "bf16":
+            return f"precision: fp32; run.precision=bf16 is ignored on {kind} (bf16 autocast runs on cuda and cpu)"
+        return f"precision: fp32 on {kind} (run.precision={p}; bf16 autocast: run.precision=bf16)"
 
     # -- state -----------------------------------------------------------------------------------------------
     @property

@@ -181,9 +181,10 @@ class GrowTrainer:
             raise ValueError("an MLM (bert) model needs a tokenizer with a mask token")
         # -- the run: checks the directory and the saved config, then writes ---------------------------------
         self.run = Run(TASK, cfg, shape_keys=SHAPE_KEYS, free_keys=("eval.", "export"), dist=dist)
-        self.logger, self.device, self.dist = self.run.logger, self.run.device, self.run.dist
+        self.device, self.dist = self.run.device, self.run.dist  # (run.logger opens once the resume is accepted)
         for n in notes:
             self.run.info(f"note: {n}")
+        self.run.info(self.run.precision_line())
         torch.manual_seed(cfg.run.seed)
         self.model = Transformer(self.tgt).to(self.device)
         self.op: LigoOperator | None = None

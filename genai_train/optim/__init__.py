@@ -93,15 +93,9 @@ def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig, 
             )
             chosen -= {id(p) for _, p in big}
             low = [p for _, p in named if id(p) in chosen]
-            if not low:
-                raise ValueError(
-                    f"optim.name={cfg.name}: at rank {cfg.resolved_rank} no matrix of this model has a projected "
-                    f"state smaller than AdamW's (the largest is {tuple(matrix_view(big[0][1]).shape)}); lower "
-                    f"optim.rank or use optim.name=adamw"
-                )
     rest = [(n, p) for n, p in named if id(p) not in chosen]
     groups = [{"params": low, "weight_decay": cfg.weight_decay, "low_rank": True}] if low else []
-    return groups + _adamw_groups(rest, cfg)
+    return groups + [{**g, "low_rank": False} for g in _adamw_groups(rest, cfg)]
 
 
 def build_optimizer(

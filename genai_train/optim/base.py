@@ -155,7 +155,7 @@ def low_rank_groups(params, method: str, unsupported: dict[str, tuple] | None = 
         for key, bad in (unsupported or {}).items():
             if g.get(key) in bad:
                 raise ValueError(f"{method}: {key}={g[key]!r} is not supported here; use the default of {key}")
-    if not any(g.get("low_rank") for g in groups):
+    if not any("low_rank" in g for g in groups):  # (low_rank=False everywhere is a choice, e.g. no matrix saves memory)
         raise ValueError(
             f"{method}: no param group is low-rank (none gives 'rank' or low_rank=True), so every tensor would get "
             f"plain AdamW; add 'rank' to the group of the matrices to project"

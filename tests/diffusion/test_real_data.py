@@ -245,7 +245,7 @@ def test_cpu_bf16_autocast_and_gradient_checkpointing_are_used_and_reported(tmp_
         t.close()
     err = capsys.readouterr().err
     assert dtypes and dtypes[0] == torch.bfloat16
-    assert "precision: bf16 autocast on the CPU" in err and "gradient checkpointing: on" in err
+    assert "precision: bf16 autocast on cpu" in err and "gradient checkpointing: on" in err
     assert t.model.unet.is_gradient_checkpointing
 
 
