@@ -4,7 +4,6 @@ like the repository), with flags appended that only shorten it (fewer steps, few
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
