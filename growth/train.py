@@ -102,7 +102,7 @@ class GrowScheduleConfig(ScheduleConfig):
     warmup_steps: int | None = field(
         default=None,
         metadata={
-            "help": "linear warm-up of the training phase in optimizer steps; null = 10%% of train.steps, at most "
+            "help": "linear warm-up of the training phase in optimizer steps; null = 10% of train.steps, at most "
             "100: right after growth the optimizer state is fresh, and full-LR first steps make the grown model "
             "worse than its source"
         },
