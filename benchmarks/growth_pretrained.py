@@ -119,7 +119,7 @@ def main() -> None:
     # by stock transformers gives the same held-out loss
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf_dir = save_hf_folder(tr.model, tr.tgt, work / "hf", tokenizer_from=folder)
+    hf_dir = save_hf_folder(tr.model, tr.tgt, work / "hf", source=folder)
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         hf_losses = [hf_model(b, labels=b).loss.item() for b in tr.data.val_batches()]

@@ -18,7 +18,15 @@ import torch
 from genai_train.run import path_field
 from growth.hf import TOKENIZER_FILES
 
-__all__ = ["DataConfig", "ByteTokenizer", "TextData", "load_tokenizer", "list_text_files", "mlm_mask"]
+__all__ = [
+    "DataConfig",
+    "ByteTokenizer",
+    "TextData",
+    "load_tokenizer",
+    "list_text_files",
+    "mlm_mask",
+    "byte_tokenizer_fast",
+]
 
 
 @dataclass
@@ -68,6 +76,43 @@ class ByteTokenizer:
 
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
+
+
+def byte_tokenizer_fast(arch: str = "gpt2"):
+    """The :class:`ByteTokenizer` as a ``transformers`` fast tokenizer, for grown folders of byte-level models.
+
+    A byte-level BPE without merges: byte b is id b (GPT-2's byte-to-unicode alphabet), id 256 is the special
+    token (``<|endoftext|>`` = bos/eos of decoders, ``[MASK]`` of encoders). ``AutoTokenizer`` loads it from the
+    folder and ``decode(encode(text)) == text`` for any UTF-8 text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_char = _bytes_to_unicode()
+    assert set(byte_char.values()) == set(alphabet)
+    vocab = {byte_char[b]: b for b in range(256)}
+    special = "[MASK]" if arch == "bert" else "<|endoftext|>"
+    vocab[special] = ByteTokenizer.sep_id
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([special])
+    if arch == "bert":
+        return PreTrainedTokenizerFast(tokenizer_object=tok, mask_token=special)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=special, eos_token=special)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 byte values to printable unicode characters."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
 
 
 def load_tokenizer(checkpoint: str | Path | None, kind: str = "auto"):

@@ -1,8 +1,10 @@
-"""Hugging Face-format checkpoint folders (GPT-2, BERT, Llama families) <-> our canonical :class:`Transformer`.
+"""Hugging Face-format checkpoint folders (GPT-2, BERT, Llama, ViT families) <-> our canonical :class:`Transformer`.
 
 A checkpoint folder is ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, or a sharded
 ``*.index.json``) + optional tokenizer files; no hub access is ever made. What :func:`save_hf_folder` writes,
-``transformers.AutoModelFor{CausalLM,MaskedLM}.from_pretrained`` loads with the same logits.
+``transformers.AutoModelFor{CausalLM,MaskedLM,ImageClassification}.from_pretrained`` loads with the same logits.
+A grown folder carries what the source folder had: tokenizer files, chat template, generation config, image
+processor config, and every config.json field that growth does not change (dropout, special token ids, ...).
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from growth.models import ARCHS, ModelConfig, Transformer
+from growth.models import ARCHS, ModelConfig, TargetError, Transformer
 
 __all__ = [
     "CheckpointFolderError",
     "load_hf_folder",
     "save_hf_folder",
     "hf_config_dict",
+    "validate_hf_config",
     "TOKENIZER_FILES",
+    "CARRIED_FILES",
 ]
 
 TOKENIZER_FILES = (
@@ -35,6 +39,37 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "added_tokens.json",
 )
+# copied verbatim from the source folder into a grown one
+CARRIED_FILES = (
+    *TOKENIZER_FILES,
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+)
+# config.json fields that growth sets; every other field of the source's config.json is kept
+_SHAPE_FIELDS = {
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "n_positions",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_inner",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "image_size",
+    "patch_size",
+    "num_channels",
+}
+_DROPPED_FIELDS = {"_name_or_path", "transformers_version", "quantization_config", "torch_dtype", "dtype"}
 
 
 class CheckpointFolderError(ValueError):
@@ -62,6 +97,16 @@ _LLAMA_LINEAR = {
     "down": "mlp.down_proj",
 }
 _LLAMA_NORMS = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+_VIT_LAYER = {
+    "q": "attention.attention.query",
+    "k": "attention.attention.key",
+    "v": "attention.attention.value",
+    "o": "attention.output.dense",
+    "attn_norm": "layernorm_before",
+    "up": "intermediate.dense",
+    "down": "output.dense",
+    "mlp_norm": "layernorm_after",
+}
 
 
 def _read_json(path: Path) -> dict:
@@ -109,12 +154,44 @@ def _rope_theta(hf: dict) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
+def _int(v) -> int:
+    """image_size / patch_size may be an int or a square [h, w] pair."""
+    if isinstance(v, (list, tuple)):
+        if len(set(v)) != 1:
+            raise CheckpointFolderError(f"non-square size {v} is not supported (vit)")
+        return int(v[0])
+    return int(v)
+
+
 def _config_from_hf(hf: dict, folder: Path) -> ModelConfig:
     mt = hf.get("model_type")
+    if mt == "deit":
+        raise CheckpointFolderError(
+            f"{folder}: model_type 'deit' (DeiT with a distillation token) is not supported; DeiT checkpoints "
+            f"without distillation are stored as model_type 'vit' (ViTForImageClassification) and are supported"
+        )
     if mt not in ARCHS:
         raise CheckpointFolderError(
             f"{folder}: model_type {mt!r} is not supported; supported architectures: "
-            f"{', '.join(ARCHS)} (GPT-2, BERT and Llama families)"
+            f"{', '.join(ARCHS)} (GPT-2, BERT, Llama and ViT families)"
+        )
+    if mt == "vit":
+        if hf.get("hidden_act", "gelu") != "gelu" or not hf.get("qkv_bias", True):
+            raise CheckpointFolderError(f"{folder}: vit needs hidden_act 'gelu' and qkv_bias true")
+        size, patch = _int(hf.get("image_size", 224)), _int(hf.get("patch_size", 16))
+        return ModelConfig(
+            arch="vit",
+            vocab_size=len(hf.get("id2label") or {}) or hf.get("num_labels", 2),
+            n_layers=hf["num_hidden_layers"],
+            d_model=hf["hidden_size"],
+            n_heads=hf["num_attention_heads"],
+            d_ff=hf["intermediate_size"],
+            max_seq_len=(size // patch) ** 2 + 1,
+            tie_embeddings=False,
+            norm_eps=hf.get("layer_norm_eps", 1e-12),
+            image_size=size,
+            patch_size=patch,
+            num_channels=hf.get("num_channels", 3),
         )
     if mt == "gpt2":
         act = hf.get("activation_function", "gelu_new")
@@ -222,6 +299,8 @@ def _hf_to_canonical(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[dic
             p, c = f"encoder.layer.{i}.", f"layers.{i}."
             for n, h in _BERT_LAYER.items():
                 out[c + f"{n}.weight"], out[c + f"{n}.bias"] = sd[p + h + ".weight"], sd[p + h + ".bias"]
+        if cfg.pooler:
+            out["pooler.weight"], out["pooler.bias"] = sd["pooler.dense.weight"], sd["pooler.dense.bias"]
         t = "cls.predictions."
         if t + "transform.dense.weight" in sd:
             out["head_dense.weight"] = sd[t + "transform.dense.weight"]
@@ -240,6 +319,19 @@ def _hf_to_canonical(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[dic
             if not cfg.tie_embeddings:
                 out["lm_head.weight"] = out["tok_emb.weight"].clone()
             notes.append("the checkpoint has no MLM head (cls.predictions.*): a fresh head was initialised")
+    elif cfg.arch == "vit":
+        sd = _strip(sd, ("vit.",))
+        e = "embeddings."
+        out["cls_emb.weight"] = sd[e + "cls_token"].reshape(1, D)
+        out["pos_emb.weight"] = sd[e + "position_embeddings"].reshape(-1, D)
+        out["patch_emb.weight"] = sd[e + "patch_embeddings.projection.weight"].reshape(D, -1)  # [D, C*p*p]
+        out["patch_emb.bias"] = sd[e + "patch_embeddings.projection.bias"]
+        for i in range(cfg.n_layers):
+            p, c = f"encoder.layer.{i}.", f"layers.{i}."
+            for n, h in _VIT_LAYER.items():
+                out[c + f"{n}.weight"], out[c + f"{n}.bias"] = sd[p + h + ".weight"], sd[p + h + ".bias"]
+        out["final_norm.weight"], out["final_norm.bias"] = sd["layernorm.weight"], sd["layernorm.bias"]
+        out["lm_head.weight"], out["lm_head_bias"] = sd["classifier.weight"], sd["classifier.bias"]
     else:
         sd = _strip(sd, ())
         m = "model."
@@ -275,6 +367,11 @@ def load_hf_folder(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Ten
     hf = _read_json(folder / "config.json")
     cfg = _config_from_hf(hf, folder)
     raw = _load_weights(folder)
+    if cfg.arch == "bert":  # the folder's layout: a pooler, an MLM head (BertForMaskedLM) or none (BertModel)
+        has = {k.removeprefix("bert.") for k in raw}
+        cfg = replace(
+            cfg, pooler="pooler.dense.weight" in has, encoder_only="cls.predictions.transform.dense.weight" not in has
+        )
     try:
         sd, notes = _hf_to_canonical(cfg, raw)
     except KeyError as e:
@@ -311,10 +408,29 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
             "bos_token_id": cfg.vocab_size - 1,
             "eos_token_id": cfg.vocab_size - 1,
         }
+    if cfg.arch == "vit":
+        return {
+            "model_type": "vit",
+            "architectures": ["ViTForImageClassification"],
+            "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "intermediate_size": cfg.d_ff,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+            "layer_norm_eps": cfg.norm_eps,
+            "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size,
+            "num_channels": cfg.num_channels,
+            "qkv_bias": True,
+            "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.vocab_size)},
+            "label2id": {f"LABEL_{i}": i for i in range(cfg.vocab_size)},
+        }
     if cfg.arch == "bert":
         return {
             "model_type": "bert",
-            "architectures": ["BertForMaskedLM"],
+            "architectures": ["BertModel" if cfg.encoder_only else "BertForMaskedLM"],
             "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.d_model,
             "num_hidden_layers": cfg.n_layers,
@@ -372,6 +488,20 @@ def _canonical_to_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str,
         out[t + "ln_f.weight"], out[t + "ln_f.bias"] = sd["final_norm.weight"], sd["final_norm.bias"]
         if not cfg.tie_embeddings:
             out["lm_head.weight"] = sd["lm_head.weight"]
+    elif cfg.arch == "vit":
+        e, D = "vit.embeddings.", cfg.d_model
+        out[e + "cls_token"] = sd["cls_emb.weight"].reshape(1, 1, D)
+        out[e + "position_embeddings"] = sd["pos_emb.weight"][None]
+        out[e + "patch_embeddings.projection.weight"] = sd["patch_emb.weight"].reshape(
+            D, cfg.num_channels, cfg.patch_size, cfg.patch_size
+        )
+        out[e + "patch_embeddings.projection.bias"] = sd["patch_emb.bias"]
+        for i in range(cfg.n_layers):
+            p, c = f"vit.encoder.layer.{i}.", f"layers.{i}."
+            for n, h in _VIT_LAYER.items():
+                out[p + h + ".weight"], out[p + h + ".bias"] = sd[c + f"{n}.weight"], sd[c + f"{n}.bias"]
+        out["vit.layernorm.weight"], out["vit.layernorm.bias"] = sd["final_norm.weight"], sd["final_norm.bias"]
+        out["classifier.weight"], out["classifier.bias"] = sd["lm_head.weight"], sd["lm_head_bias"]
     elif cfg.arch == "bert":
         e = "bert.embeddings."
         out[e + "word_embeddings.weight"] = sd["tok_emb.weight"]
@@ -382,16 +512,21 @@ def _canonical_to_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str,
             p, c = f"bert.encoder.layer.{i}.", f"layers.{i}."
             for n, h in _BERT_LAYER.items():
                 out[p + h + ".weight"], out[p + h + ".bias"] = sd[c + f"{n}.weight"], sd[c + f"{n}.bias"]
-        t = "cls.predictions."
-        out[t + "transform.dense.weight"], out[t + "transform.dense.bias"] = (
-            sd["head_dense.weight"],
-            sd["head_dense.bias"],
-        )
-        out[t + "transform.LayerNorm.weight"] = sd["head_norm.weight"]
-        out[t + "transform.LayerNorm.bias"] = sd["head_norm.bias"]
-        out[t + "bias"] = sd["lm_head_bias"]
-        if not cfg.tie_embeddings:
-            out[t + "decoder.weight"] = sd["lm_head.weight"]
+        if cfg.pooler:
+            out["bert.pooler.dense.weight"], out["bert.pooler.dense.bias"] = sd["pooler.weight"], sd["pooler.bias"]
+        if cfg.encoder_only:  # the source was a BertModel (e.g. a sentence encoder): same layout, no MLM head
+            out = {k.removeprefix("bert."): v for k, v in out.items()}
+        else:
+            t = "cls.predictions."
+            out[t + "transform.dense.weight"], out[t + "transform.dense.bias"] = (
+                sd["head_dense.weight"],
+                sd["head_dense.bias"],
+            )
+            out[t + "transform.LayerNorm.weight"] = sd["head_norm.weight"]
+            out[t + "transform.LayerNorm.bias"] = sd["head_norm.bias"]
+            out[t + "bias"] = sd["lm_head_bias"]
+            if not cfg.tie_embeddings:
+                out[t + "decoder.weight"] = sd["lm_head.weight"]
     else:
         m = "model."
         out[m + "embed_tokens.weight"] = sd["tok_emb.weight"]
@@ -407,22 +542,65 @@ def _canonical_to_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str,
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}
 
 
+def merged_config(cfg: ModelConfig, source: dict | None = None) -> dict:
+    """config.json of ``cfg``: the source's fields, with the sizes growth changed (and our defaults for fields
+    the source does not have). Dropout, special token ids, labels, RoPE base etc. stay the source's."""
+    ours = hf_config_dict(cfg)
+    if not source or source.get("model_type") != ours["model_type"]:
+        return {**ours, "dtype": "float32"}
+    out = {**ours, **{k: v for k, v in source.items() if k not in _DROPPED_FIELDS}}
+    out.update({k: v for k, v in ours.items() if k in _SHAPE_FIELDS})
+    return {**out, "dtype": "float32"}  # the weights we write are float32
+
+
+def validate_hf_config(cfg: ModelConfig, source: dict | None = None) -> None:
+    """Build the transformers config object of ``cfg`` and let transformers validate it (raises TargetError)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    d = merged_config(cfg, source)
+    try:
+        AutoConfig.for_model(**d).validate()
+    except Exception as e:  # transformers raises its own validation error types
+        msg = str(e).strip().splitlines()[-1].strip()
+        raise TargetError(
+            f"target rule 'transformers config' ({d['model_type']}): transformers refuses the target config: {msg}"
+        ) from None
+
+
 def save_hf_folder(
-    model: Transformer | dict, cfg: ModelConfig, folder: str | Path, tokenizer_from: str | Path | None = None
+    model: Transformer | dict,
+    cfg: ModelConfig,
+    folder: str | Path,
+    source: str | Path | None = None,
+    tokenizer=None,
 ) -> Path:
-    """Write config.json + model.safetensors (+ the tokenizer files of ``tokenizer_from``) so that
-    ``transformers.AutoModelFor{CausalLM,MaskedLM}.from_pretrained(folder)`` rebuilds the same model."""
+    """Write config.json + model.safetensors so that ``transformers.AutoModelFor*.from_pretrained(folder)``
+    rebuilds the same model, carrying what the ``source`` folder had (:data:`CARRIED_FILES`, config fields).
+
+    ``tokenizer`` (anything with ``save_pretrained``) is saved instead of the source's tokenizer files, e.g. the
+    byte-level tokenizer of a model trained on UTF-8 bytes.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict() if isinstance(model, nn.Module) else model
+    src_cfg = None
+    if source is not None:
+        for name in CARRIED_FILES:
+            if tokenizer is not None and name in TOKENIZER_FILES:
+                continue
+            f = Path(source) / name
+            if f.exists():
+                shutil.copy2(f, folder / name)
+        if (Path(source) / "config.json").exists():
+            src_cfg = _read_json(Path(source) / "config.json")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
     save_file(_canonical_to_hf(cfg, sd), str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
+    (folder / "config.json").write_text(json.dumps(merged_config(cfg, src_cfg), indent=2))
     (folder / "genai_train_model.json").write_text(json.dumps(asdict(cfg), indent=2))
-    if tokenizer_from is not None:
-        for name in TOKENIZER_FILES:
-            src = Path(tokenizer_from) / name
-            if src.exists():
-                shutil.copy2(src, folder / name)
     return folder

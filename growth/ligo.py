@@ -22,6 +22,10 @@ every unit is copied equally, since LayerNorm/RMSNorm statistics then stay the s
 head-aware: heads are copied whole, q is scaled by sqrt(dh'/dh) and k divided by within-head copy counts so
 that scaled dot products are unchanged. Depth starts as stacking (large layer i = small layer i mod L1).
 Small noise on the ``out`` operators breaks the symmetry between copies.
+
+Longer context: a learned position table grown from P to P' > P rows gets row p = source row p mod P (the table
+tiled, as Longformer extended RoBERTa's positions, Beltagy et al. 2020 §5); it is a fixed selection ``pos``,
+not learned. RoPE models have no table and keep their rotary base.
 """
 
 from __future__ import annotations
@@ -209,7 +213,12 @@ def param_role(name: str, cfg: ModelConfig) -> tuple[str | None, ...]:
     tied_reader = "emb_in" if cfg.tie_embeddings else "emb_out"
     table: dict[str, tuple[str | None, ...]] = {
         "tok_emb.weight": (None, "emb_out"),
-        "pos_emb.weight": (None, "emb_out"),
+        "pos_emb.weight": ("pos", "emb_out"),
+        "cls_emb.weight": (None, "emb_out"),
+        "patch_emb.weight": ("emb_out", None),
+        "patch_emb.bias": ("emb_out",),
+        "pooler.weight": ("emb_out", "emb_in"),
+        "pooler.bias": ("emb_out",),
         "type_emb.weight": (None, "emb_out"),
         "emb_norm.weight": ("emb_out",),
         "emb_norm.bias": ("emb_out",),
@@ -295,6 +304,8 @@ class LigoOperator(nn.Module):
             init.update(q=att["q"], k=att["k"], v=att["v"], o_in=att["o_in"])
         noisy = {"emb_out", "ffn_out", "q", "k", "v"}
         self.per_layer = {n for n in init if cfg.per_layer and n not in ("emb_out", "emb_in")}
+        # learned positions P -> P' rows: the table tiled (row p copies p mod P), fixed
+        self.register_buffer("pos_map", copy_map(src.max_seq_len, tgt.max_seq_len), persistent=False)  # [P']
         self.width = nn.ParameterDict()
         for name, M in init.items():
             if name in self.per_layer:  # one copy per small layer, each with its own noise: [L1, n_new, n_old]
@@ -337,7 +348,10 @@ class LigoOperator(nn.Module):
         nd = len(role)
         if role[0] is not None:
             M = mats[role[0]]
-            W = torch.matmul(M, W) if nd == 2 else torch.matmul(M, W.unsqueeze(-1)).squeeze(-1)
+            if M.dtype == torch.long:  # a row selection (position tables): W'[i] = W[M[i]]
+                W = W[M]
+            else:
+                W = torch.matmul(M, W) if nd == 2 else torch.matmul(M, W.unsqueeze(-1)).squeeze(-1)
         if nd == 2 and role[1] is not None:
             W = W @ mats[role[1]].transpose(-1, -2)
         return W
@@ -347,6 +361,7 @@ class LigoOperator(nn.Module):
         stacks = self._stacked if small is None else self._stack(small)
         small = self.small if small is None else small
         mats = {name: self.matrix(name) for name in self.width}
+        mats["pos"] = self.pos_map
         out: dict[str, torch.Tensor] = {}
         for k in self.top_keys:
             out[k] = self._widen(small[k], param_role(k, self.tgt), mats)
@@ -381,7 +396,9 @@ class LigoOperator(nn.Module):
             role = param_role(f"layers.0.{key}" if key in self.layer_keys else key, self.tgt)
             dims = list(t.shape)
             for axis, op in enumerate(role):
-                if op is None:
+                if op is None or op == "pos":  # a row copy, no arithmetic
+                    if op == "pos":
+                        dims[axis] = len(self.pos_map)
                     continue
                 n_new, n_old = shapes[op]
                 other = math.prod(dims) // dims[axis]

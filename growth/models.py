@@ -7,15 +7,19 @@ One module, :class:`Transformer`, covers the three families:
 - ``bert``  post-LayerNorm encoder, learned positions + segment embeddings, GELU MLP, MLM head
   (Devlin et al., "BERT", https://arxiv.org/abs/1810.04805);
 - ``llama`` pre-RMSNorm decoder, rotary positions, SwiGLU MLP, grouped key/value heads
-  (Touvron et al., "LLaMA", https://arxiv.org/abs/2302.13971).
+  (Touvron et al., "LLaMA", https://arxiv.org/abs/2302.13971);
+- ``vit``   pre-LayerNorm image encoder: patch embedding, class token, learned positions, GELU MLP, classifier
+  on the class token (Dosovitskiy et al., "An Image is Worth 16x16 Words", https://arxiv.org/abs/2010.11929;
+  DeiT without distillation token has the same layout).
 
 Canonical parameter names (what :mod:`growth.ligo` assigns growth roles to)::
 
     tok_emb.weight [V, D]   pos_emb.weight [P, D]   type_emb.weight [T, D]   emb_norm.{weight,bias}
     layers.{i}.attn_norm   layers.{i}.q [H*dh, D]  .k/.v [Hkv*dh, D]  .o [D, H*dh]
     layers.{i}.mlp_norm    layers.{i}.up [F, D]    .gate [F, D] (SwiGLU)  .down [D, F]
-    final_norm   head_dense [D, D]  head_norm (BERT MLM transform)
+    final_norm   head_dense [D, D]  head_norm (BERT MLM transform)   pooler.{weight,bias} (BERT, optional)
     lm_head.weight [V, D] (untied)  lm_head_bias [V]
+    patch_emb.weight [D, C*p*p]  patch_emb.bias [D]  cls_emb.weight [1, D] (ViT; lm_head = classifier, V = classes)
 
 Hugging Face-format checkpoint folders are read and written by :mod:`growth.hf`.
 """
@@ -33,21 +37,29 @@ from torch import nn
 __all__ = [
     "ARCHS",
     "ModelConfig",
+    "TargetError",
+    "check_target",
     "Transformer",
     "parse_target",
     "target_config",
     "forward_flops_per_token",
 ]
 
-Arch = Literal["gpt2", "bert", "llama"]
-ARCHS: tuple[str, ...] = ("gpt2", "bert", "llama")
+Arch = Literal["gpt2", "bert", "llama", "vit"]
+ARCHS: tuple[str, ...] = ("gpt2", "bert", "llama", "vit")
+
+
+class TargetError(ValueError):
+    """A growth target that breaks a rule of its family; the message names the rule and a valid choice."""
 
 
 @dataclass
 class ModelConfig:
     """Shape and family of a transformer. Family-specific choices (norm, MLP, positions) are derived."""
 
-    arch: Arch = field(default="gpt2", metadata={"help": "family: gpt2 (decoder) | bert (encoder, MLM) | llama"})
+    arch: Arch = field(
+        default="gpt2", metadata={"help": "family: gpt2 (decoder) | bert (encoder, MLM) | llama | vit (images)"}
+    )
     vocab_size: int = field(default=257, metadata={"help": "token vocabulary size"})
     n_layers: int = field(default=4, metadata={"help": "number of transformer blocks"})
     d_model: int = field(default=128, metadata={"help": "residual stream width"})
@@ -62,6 +74,13 @@ class ModelConfig:
     type_vocab_size: int = field(default=2, metadata={"help": "segment embeddings (bert)"})
     attn_bias: bool | None = field(default=None, metadata={"help": "q/k/v/o biases; None = family default"})
     mlp_bias: bool | None = field(default=None, metadata={"help": "MLP biases; None = family default"})
+    pooler: bool = field(default=False, metadata={"help": "bert: the folder has a pooler (dense + tanh on [CLS])"})
+    encoder_only: bool = field(
+        default=False, metadata={"help": "bert: the folder has no MLM head (a BertModel); written back the same way"}
+    )
+    image_size: int = field(default=0, metadata={"help": "vit: input image side in pixels"})
+    patch_size: int = field(default=0, metadata={"help": "vit: patch side in pixels"})
+    num_channels: int = field(default=3, metadata={"help": "vit: image channels"})
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -84,6 +103,16 @@ class ModelConfig:
             raise ValueError(f"kv_heads={kv} must divide heads={self.n_heads}")
         if kv != self.n_heads and self.arch != "llama":
             raise ValueError(f"{self.arch} has no grouped key/value heads; leave kv_heads unset")
+        if self.arch == "vit":
+            if self.patch_size < 1 or self.image_size % self.patch_size:
+                raise ValueError(f"vit: patch_size={self.patch_size} must divide image_size={self.image_size}")
+            if self.tie_embeddings:
+                raise ValueError("vit: the classifier is never tied to an embedding; set tie_embeddings=false")
+            if self.max_seq_len != self.n_patches + 1:
+                raise ValueError(
+                    f"vit: positions={self.max_seq_len} must be patches + 1 = {self.n_patches + 1} "
+                    f"(image_size {self.image_size}, patch_size {self.patch_size})"
+                )
 
     # -- derived --------------------------------------------------------------------------------------
     @property
@@ -95,8 +124,12 @@ class ModelConfig:
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
 
     @property
+    def n_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 if self.arch == "vit" else 0
+
+    @property
     def causal(self) -> bool:
-        return self.arch != "bert"
+        return self.arch in ("gpt2", "llama")
 
     @property
     def post_ln(self) -> bool:
@@ -119,8 +152,8 @@ class ModelConfig:
         return self.mlp_bias if self.mlp_bias is not None else self.arch != "llama"
 
     @property
-    def objective(self) -> Literal["clm", "mlm"]:
-        return "mlm" if self.arch == "bert" else "clm"
+    def objective(self) -> Literal["clm", "mlm", "cls"]:
+        return {"bert": "mlm", "vit": "cls"}.get(self.arch, "clm")
 
 
 def _divisor_near(n: int, k: int) -> int:
@@ -154,7 +187,7 @@ def _norm(cfg: ModelConfig, d: int) -> nn.Module:
 def _act(cfg: ModelConfig, x: torch.Tensor) -> torch.Tensor:
     if cfg.arch == "gpt2":
         return F.gelu(x, approximate="tanh")  # GPT-2's "gelu_new"
-    if cfg.arch == "bert":
+    if cfg.arch in ("bert", "vit"):
         return F.gelu(x)
     return F.silu(x)
 
@@ -236,7 +269,14 @@ class Transformer(nn.Module):
         if cfg.arch == "bert":
             self.head_dense = nn.Linear(D, D)
             self.head_norm = _norm(cfg, D)
+        if cfg.arch in ("bert", "vit"):
             self.lm_head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        if cfg.pooler:  # carried for the folder (BertModel's pooled output); the MLM loss does not read it
+            self.pooler = nn.Linear(D, D)
+        if cfg.arch == "vit":
+            del self.tok_emb  # images: patches, not tokens
+            self.patch_emb = nn.Linear(cfg.num_channels * cfg.patch_size**2, D)
+            self.cls_emb = nn.Embedding(1, D)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
         self.reset_parameters()
@@ -253,8 +293,32 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
+    def patchify(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, C, H, W] -> patches [B, N, C*p*p] in the order of a stride-p convolution's weight."""
+        p = self.cfg.patch_size
+        B, C, H, W = pixels.shape
+        x = pixels.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)  # [B, H/p, W/p, C, p, p]
+        return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """ViT: pixels [B, C, H, W] -> class logits [B, V] (classifier on the final class token)."""
+        cfg = self.cfg
+        if tuple(pixels.shape[1:]) != (cfg.num_channels, cfg.image_size, cfg.image_size):
+            raise ValueError(
+                f"vit expects images [B, {cfg.num_channels}, {cfg.image_size}, {cfg.image_size}], got "
+                f"{tuple(pixels.shape)}"
+            )
+        x = self.patch_emb(self.patchify(pixels))  # [B, N, D]
+        x = torch.cat([self.cls_emb.weight.expand(len(x), 1, -1), x], dim=1) + self.pos_emb.weight  # [B, N+1, D]
+        for layer in self.layers:
+            x = layer(x)
+        x = self.final_norm(x)[:, 0]  # [B, D]
+        return F.linear(x, self.lm_head.weight, self.lm_head_bias)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
+        if cfg.arch == "vit":
+            return self.forward_images(ids)
         B, T = ids.shape
         if T > cfg.max_seq_len and not cfg.rope:
             raise ValueError(f"sequence length {T} exceeds the model's {cfg.max_seq_len} positions; lower data.seq_len")
@@ -286,6 +350,8 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     attn = D * cfg.n_heads * cfg.dh * 2 + D * cfg.kv_heads * cfg.dh * 2
     mlp = D * F_ * (3 if cfg.swiglu else 2)
     head = D * cfg.vocab_size + (D * D if cfg.arch == "bert" else 0)
+    if cfg.arch == "vit":
+        head = D * cfg.vocab_size / seq_len + D * cfg.num_channels * cfg.patch_size**2  # class token only
     return 2.0 * (L * (attn + mlp) + head) + 2.0 * L * seq_len * cfg.n_heads * cfg.dh
 
 
@@ -299,7 +365,9 @@ _TARGET_KEYS = {
     "kv_heads": "n_kv_heads",
     "ffn": "d_ff",
     "head_dim": "head_dim",
+    "positions": "max_seq_len",
 }
+_KEY_OF = {v: k for k, v in _TARGET_KEYS.items()} | {"kv_heads": "kv_heads", "dh": "head_dim"}
 
 
 def parse_target(spec: str) -> dict[str, int]:
@@ -322,46 +390,143 @@ def parse_target(spec: str) -> dict[str, int]:
     return out
 
 
-def target_config(src: ModelConfig, spec: str | dict) -> ModelConfig:
-    """The grown model's config: ``src`` with the sizes in ``spec`` (anything unset scales with d_model).
-
-    Growth only enlarges: every dimension must be >= the source's. RoPE models keep head_dim (rotary pairs
-    must not mix), so their extra width comes as extra heads.
-    """
-    want = parse_target(spec) if isinstance(spec, str) else dict(spec)
-    inv = {v: k for k, v in _TARGET_KEYS.items()}
+def _derive(src: ModelConfig, want: dict, seq_len: int | None) -> ModelConfig:
+    """Fill the unset sizes of ``want`` from the source (heads, kv heads and FFN scale with d_model)."""
+    want = dict(want)
     D2 = want.get("d_model", src.d_model)
-    ratio = D2 / src.d_model
     if "n_heads" not in want:
-        heads = src.n_heads * D2 // src.d_model if (src.n_heads * D2) % src.d_model == 0 else src.n_heads
-        want["n_heads"] = heads
+        if src.rope and D2 % src.dh == 0:  # RoPE keeps head_dim: width comes as heads
+            want["n_heads"] = D2 // src.dh
+        elif (src.n_heads * D2) % src.d_model == 0:
+            want["n_heads"] = src.n_heads * D2 // src.d_model
+        else:
+            want["n_heads"] = src.n_heads
     H2 = want["n_heads"]
     if "n_kv_heads" not in want:
-        want["n_kv_heads"] = None if src.kv_heads == src.n_heads else H2 * src.kv_heads // src.n_heads
+        g1 = src.n_heads // src.kv_heads  # query heads per kv head, kept (GQA groups are copied whole)
+        want["n_kv_heads"] = None if g1 == 1 else max(1, H2 // g1)
     if "d_ff" not in want:
-        want["d_ff"] = max(src.d_ff, int(round(src.d_ff * ratio)))
+        want["d_ff"] = max(src.d_ff, int(round(src.d_ff * D2 / src.d_model)))
+    if "max_seq_len" not in want:  # context grows with the training windows (never shrinks)
+        want["max_seq_len"] = max(src.max_seq_len, seq_len or 0) if src.arch != "vit" else src.max_seq_len
     if src.rope:
         want.setdefault("head_dim", src.dh)
-        if want["head_dim"] != src.dh:
-            raise ValueError(
-                f"llama (RoPE) growth keeps head_dim={src.dh}; drop head_dim and set "
-                f"heads to add width (e.g. heads={D2 // src.dh})"
-            )
     elif "head_dim" in want:
         if want["head_dim"] * H2 != D2:
-            raise ValueError(f"target head_dim={want['head_dim']} * heads={H2} != d_model={D2}")
+            raise TargetError(
+                f"target rule 'heads x head_dim = d_model' ({src.arch}): head_dim={want['head_dim']} * "
+                f"heads={H2} != d_model={D2}; drop head_dim (it is d_model/heads) or pass "
+                f"heads={D2 // want['head_dim'] if D2 % want['head_dim'] == 0 else H2}"
+            )
         want["head_dim"] = None
-    if not src.rope and D2 % H2:
-        raise ValueError(
-            f"target heads={H2} does not divide d_model={D2}; choose heads from "
-            f"{[h for h in range(1, D2 + 1) if D2 % h == 0 and h >= src.n_heads][:8]}"
-        )
-    tgt = replace(src, **want)
-    for f in ("n_layers", "d_model", "n_heads", "kv_heads", "d_ff", "dh"):
+    return replace(src, **want)
+
+
+def check_target(src: ModelConfig, tgt: ModelConfig, seq_len: int | None = None) -> None:
+    """The family's growth rules, each failure naming the rule and a valid choice (raises :class:`TargetError`).
+
+    1. growth only enlarges (layers, d_model, heads, kv heads, FFN, head size, positions);
+    2. heads divide d_model (transformers refuses anything else for every family);
+    3. kv_heads divide heads, and every group of query heads reads one source kv head (GQA copies groups);
+    4. head size: RoPE models keep head_dim (rotary pairs must not mix); others have head_dim = d_model/heads;
+    5. positions: learned tables hold ``seq_len`` positions; ViT positions are fixed by the image and patch size;
+    6. vocabulary (or classes) is the source's.
+    """
+    H2, D2 = tgt.n_heads, tgt.d_model
+    for f in ("n_layers", "d_model", "n_heads", "kv_heads", "d_ff", "dh", "max_seq_len"):
         a, b = getattr(src, f), getattr(tgt, f)
         if b < a:
-            key = inv.get(f, {"kv_heads": "kv_heads", "dh": "head_dim"}.get(f, f))
-            raise ValueError(
+            key = _KEY_OF.get(f, f)
+            raise TargetError(
                 f"target {key}={b} is smaller than the source's {a}; growth only enlarges a model: pass {key} >= {a}"
             )
+    if D2 % H2:
+        good = [h for h in range(src.n_heads, D2 + 1) if D2 % h == 0 and (not src.rope or D2 // h == src.dh)]
+        raise TargetError(
+            f"target rule 'heads divide d_model': heads={H2} does not divide d_model={D2}; choose heads from "
+            f"{good[:8]} or another d_model"
+        )
+    if tgt.kv_heads < 1 or H2 % tgt.kv_heads:
+        raise TargetError(
+            f"target rule 'kv_heads divide heads': kv_heads={tgt.kv_heads} does not divide heads={H2}; "
+            f"e.g. kv_heads={_divisor_near(H2, tgt.kv_heads)}"
+        )
+    g1 = src.n_heads // src.kv_heads
+    if src.kv_heads != src.n_heads and H2 // tgt.kv_heads != g1:
+        raise TargetError(
+            f"target rule 'kv_heads divide heads' (GQA groups are copied whole): heads/kv_heads must stay "
+            f"{g1} as in the source ({src.n_heads}/{src.kv_heads}); "
+            + (
+                f"pass kv_heads={H2 // g1}"
+                if H2 % g1 == 0
+                else f"pass heads a multiple of {g1} (e.g. heads={-(-H2 // g1) * g1}, kv_heads={-(-H2 // g1)})"
+            )
+        )
+    if src.rope and tgt.dh != src.dh:
+        raise TargetError(
+            f"target rule 'head size': {src.arch} (RoPE) growth keeps head_dim={src.dh}; drop head_dim and set "
+            f"heads to add width (e.g. heads={max(src.n_heads, D2 // src.dh)})"
+        )
+    if not src.rope and tgt.dh * H2 != D2:
+        raise TargetError(f"target rule 'head size': {src.arch} has head_dim = d_model/heads; leave head_dim unset")
+    if src.arch == "vit" and tgt.max_seq_len != src.max_seq_len:
+        raise TargetError(
+            f"target rule 'positions' (vit): positions are patches + 1 = {src.max_seq_len} for the source's "
+            f"{src.image_size}px images and {src.patch_size}px patches; drop positions"
+        )
+    if seq_len is not None and not tgt.rope and src.arch != "vit" and seq_len > tgt.max_seq_len:
+        raise TargetError(
+            f"target rule 'positions': data.seq_len={seq_len} exceeds the target's {tgt.max_seq_len} "
+            f"learned positions; pass positions={seq_len} in --target (or drop positions: it follows data.seq_len)"
+        )
+    if tgt.vocab_size != src.vocab_size:
+        raise TargetError(
+            f"target rule 'vocabulary': the grown model keeps the source's vocabulary of {src.vocab_size} "
+            f"(got {tgt.vocab_size})"
+        )
+
+
+def _nearest_valid_d_model(src: ModelConfig, want: dict, seq_len: int | None) -> ModelConfig | None:
+    """The valid target closest in d_model to ``want`` with heads and kv heads derived from the source."""
+    D = want.get("d_model", src.d_model)
+    free = {k: v for k, v in want.items() if k not in ("d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff")}
+    for delta in range(0, 4 * D):
+        for d in (D - delta, D + delta):
+            if d < src.d_model:
+                continue
+            try:
+                tgt = _derive(src, {**free, "d_model": d}, seq_len)
+                check_target(src, tgt, seq_len)
+                return tgt
+            except ValueError:
+                continue
+    return None
+
+
+def target_config(src: ModelConfig, spec: str | dict, seq_len: int | None = None) -> ModelConfig:
+    """The grown model's config: ``src`` with the sizes in ``spec`` (anything unset scales with d_model), checked
+    against the family's rules (:func:`check_target`); a failure names the rule and the nearest valid d_model.
+
+    ``positions`` (learned position tables, or RoPE's max_position_embeddings) defaults to the larger of the
+    source's and ``seq_len``. RoPE models keep head_dim, so their extra width comes as extra heads.
+    """
+    want = parse_target(spec) if isinstance(spec, str) else dict(spec)
+    try:
+        try:
+            tgt = _derive(src, want, seq_len)
+        except TargetError:
+            raise
+        except ValueError as e:  # ModelConfig's own checks (heads divide d_model, kv heads divide heads)
+            raise TargetError(f"target rule: {e}") from None
+        check_target(src, tgt, seq_len)
+    except TargetError as e:
+        near = _nearest_valid_d_model(src, want, seq_len)
+        hint = ""
+        if near is not None and "divide" in str(e):
+            hint = (
+                f"; nearest valid d_model={near.d_model} (heads={near.n_heads}"
+                + (f", kv_heads={near.kv_heads}" if near.kv_heads != near.n_heads else "")
+                + ")"
+            )
+        raise TargetError(f"{e}{hint}") from None
     return tgt

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -35,12 +36,30 @@ from genai_train.optim import OptimConfig, build_optimizer, optimizer_state_byte
 from genai_train.optim.config import LOW_RANK_NAMES
 from genai_train.run import LoopConfig, Run, RunConfig, Value, path_field
 from genai_train.schedules import ScheduleConfig, build_scheduler
-from growth.data import DataConfig, TextData, load_tokenizer, mlm_mask
-from growth.hf import load_hf_folder, save_hf_folder
+from growth.data import ByteTokenizer, DataConfig, TextData, byte_tokenizer_fast, load_tokenizer, mlm_mask
+from growth.hf import load_hf_folder, save_hf_folder, validate_hf_config
 from growth.ligo import LigoConfig, LigoOperator, materialize, operator_optimizer
-from growth.models import ARCHS, ModelConfig, Transformer, forward_flops_per_token, parse_target, target_config
+from growth.models import (
+    ARCHS,
+    ModelConfig,
+    TargetError,
+    Transformer,
+    check_target,
+    forward_flops_per_token,
+    parse_target,
+    target_config,
+)
 
-__all__ = ["GrowConfig", "EvalConfig", "GrowTrainer", "run", "build_target", "SHAPE_KEYS"]
+__all__ = [
+    "GrowConfig",
+    "EvalConfig",
+    "GrowScheduleConfig",
+    "GrowTrainer",
+    "run",
+    "build_target",
+    "grow_folder",
+    "SHAPE_KEYS",
+]
 
 TASK = "grow"
 # What the saved state cannot follow: model shapes, the operator's structure, the data position, the optimizers.
@@ -77,6 +96,33 @@ class EvalConfig:
 
 
 @dataclass
+class GrowScheduleConfig(ScheduleConfig):
+    """LR of the training phase; its warm-up defaults to 10% of train.steps (at most 100) after growth."""
+
+    warmup_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "linear warm-up of the training phase in optimizer steps; null = 10% of train.steps, at most "
+            "100: right after growth the optimizer state is fresh, and full-LR first steps make the grown model "
+            "worse than its source"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(
+                f"schedule.warmup_steps must be >= 0 (or null: 10% of train.steps), got {self.warmup_steps}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def resolved(self, train_steps: int) -> ScheduleConfig:
+        """The core schedule with the warm-up rule applied."""
+        warmup = self.warmup_steps if self.warmup_steps is not None else min(100, train_steps // 10)
+        return ScheduleConfig(kind=self.kind, warmup_steps=warmup, min_lr_ratio=self.min_lr_ratio)
+
+
+@dataclass
 class GrowConfig:
     """``genai-train grow``: grow a small checkpoint into a larger model and keep training it."""
 
@@ -88,8 +134,12 @@ class GrowConfig:
             "unset sizes scale with d_model"
         },
     )
-    arch: Literal["gpt2", "bert", "llama"] = field(
-        default="gpt2", metadata={"help": "family when no --small is given (method=scratch from nothing)"}
+    arch: Literal["auto", "gpt2", "bert", "llama", "vit"] = field(
+        default="auto",
+        metadata={
+            "help": "family: auto = the --small checkpoint's (gpt2 without one); a family that differs from "
+            "the checkpoint's is an error"
+        },
     )
     method: Literal["ligo", "stack", "scratch"] = field(
         default="ligo",
@@ -102,14 +152,17 @@ class GrowConfig:
         default_factory=lambda: LoopConfig(steps=1000), metadata={"help": "training after the operator phase"}
     )
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer of the training phase"})
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "LR of the training phase"})
+    schedule: GrowScheduleConfig = field(
+        default_factory=GrowScheduleConfig,
+        metadata={"help": "LR of the training phase (warm-up: 10% of train.steps, at most 100, unless set)"},
+    )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "validation loss"})
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
     export: bool = field(default=True, metadata={"help": "write the final model as a HF folder to <run.dir>/hf"})
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch={self.arch!r} is not supported; supported: {', '.join(ARCHS)}")
+        if self.arch != "auto" and self.arch not in ARCHS:
+            raise ValueError(f"arch={self.arch!r} is not supported; supported: auto, {', '.join(ARCHS)}")
         if self.target:
             parse_target(self.target)
 
@@ -142,17 +195,45 @@ class GrowConfig:
 
 
 def build_target(cfg: GrowConfig, src: ModelConfig | None, vocab_size: int) -> ModelConfig:
-    """The large model's config from the source (growth) or from the target string alone (scratch)."""
+    """The large model's config from the source (growth) or from the target string alone (scratch), checked
+    against the family's rules and transformers' own config validation before anything is written."""
     if src is not None:
-        return target_config(src, cfg.target)
+        if cfg.arch not in ("auto", src.arch):
+            raise TargetError(
+                f"--arch={cfg.arch} conflicts with {cfg.small}, a {src.arch} checkpoint: growth keeps the source's "
+                f"family; drop --arch (auto) or pass --arch={src.arch}"
+            )
+        tgt = target_config(src, cfg.target, seq_len=cfg.data.seq_len)
+        validate_hf_config(tgt)
+        return tgt
     sizes = parse_target(cfg.target)
-    return ModelConfig(
-        arch=cfg.arch,
-        vocab_size=vocab_size,
-        max_seq_len=cfg.data.seq_len,
-        tie_embeddings=cfg.arch != "llama",
-        **sizes,
-    )
+    arch = "gpt2" if cfg.arch == "auto" else cfg.arch
+    if arch == "vit":
+        raise TargetError(
+            "vit from scratch needs image data, which growth does not train on; see growth.train.grow_folder"
+        )
+    sizes.setdefault("max_seq_len", cfg.data.seq_len)
+    try:
+        tgt = ModelConfig(arch=arch, vocab_size=vocab_size, tie_embeddings=arch != "llama", **sizes)
+    except ValueError as e:
+        raise TargetError(f"target rule: {e}") from None
+    check_target(tgt, tgt, cfg.data.seq_len)
+    validate_hf_config(tgt)
+    return tgt
+
+
+def grow_folder(
+    small: str | Path, target: str, out: str | Path, ligo: LigoConfig | None = None, seed: int = 0
+) -> ModelConfig:
+    """Grow a checkpoint folder without training (the operator's function-preserving init, materialized) and
+    write the grown folder with everything the source had. The way to grow a ViT: image training data is not
+    supported by ``genai-train grow``."""
+    src, small_sd, _ = load_hf_folder(small)
+    tgt = target_config(src, target)
+    validate_hf_config(tgt)
+    model = materialize(LigoOperator(small_sd, src, tgt, ligo or LigoConfig(), seed=seed))
+    save_hf_folder(model, tgt, out, source=small)
+    return tgt
 
 
 def mask_generator(*key: int) -> torch.Generator:
@@ -168,6 +249,13 @@ class GrowTrainer:
         cfg.check_inputs()
         self.cfg = cfg
         src, small, notes = load_hf_folder(cfg.small) if cfg.small else (None, None, [])
+        if src is not None and src.arch == "vit":
+            build_target(cfg, src, src.vocab_size)  # a bad target or --arch is still named first
+            raise ValueError(
+                f"{cfg.small} is a vit (image) checkpoint: genai-train grow trains on text only; grow it without "
+                f"training with growth.train.grow_folder(small, target, out) (operator init, materialized, written "
+                f"as a ViTForImageClassification folder)"
+            )
         self.data = TextData(cfg.data, load_tokenizer(cfg.small or None, cfg.data.tokenizer))
         if src is not None and self.data.vocab_size > src.vocab_size:
             raise ValueError(
@@ -175,6 +263,7 @@ class GrowTrainer:
                 f"{src.vocab_size}; use the checkpoint's own tokenizer (data.tokenizer=auto)"
             )
         self.src, self.tgt = src, build_target(cfg, src, self.data.vocab_size)
+        self.schedule = cfg.schedule.resolved(cfg.train.steps)
         if not self.tgt.rope and cfg.data.seq_len > self.tgt.max_seq_len:
             raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds the model's {self.tgt.max_seq_len} positions")
         if self.tgt.objective == "mlm" and self.data.mask_token_id is None:
@@ -243,7 +332,7 @@ class GrowTrainer:
         else:
             self.model.requires_grad_(True)
             self.opt = build_optimizer(self.model.named_parameters(), cfg.optim, model=self.model)
-            self.sched = build_scheduler(self.opt, cfg.schedule, cfg.train.steps)
+            self.sched = build_scheduler(self.opt, self.schedule, cfg.train.steps)
             self.params = list(self.model.parameters())
             self.clip = cfg.train.grad_clip
         self._memory_pending = True  # optimizer state exists only after the first step
@@ -403,9 +492,16 @@ class GrowTrainer:
                 summary["hf_folder"] = str(run.dir / "hf")
             if self.dist.is_main:
                 if cfg.export:
-                    save_hf_folder(self.model, self.tgt, run.dir / "hf", tokenizer_from=cfg.small or None)
+                    save_hf_folder(
+                        self.model, self.tgt, run.dir / "hf", source=cfg.small or None, tokenizer=self._tokenizer()
+                    )
                 (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _tokenizer(self):
+        """What the grown folder saves as its tokenizer: the byte tokenizer for byte-level models (None: the
+        source's tokenizer files are copied)."""
+        return byte_tokenizer_fast(self.tgt.arch) if isinstance(self.data.tok, ByteTokenizer) else None
 
     def close(self) -> None:
         self.run.close()

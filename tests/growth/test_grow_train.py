@@ -167,7 +167,7 @@ def test_bert_mlm_growth_uses_the_checkpoint_tokenizer(corpus, tmp_path):
     tok.save_pretrained(tmp_path / "tok")
     cfg = ModelConfig(arch="bert", vocab_size=len(tok), n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
     torch.manual_seed(0)
-    small = save_hf_folder(Transformer(cfg), cfg, tmp_path / "bert_small", tokenizer_from=tmp_path / "tok")
+    small = save_hf_folder(Transformer(cfg), cfg, tmp_path / "bert_small", source=tmp_path / "tok")
     out = run(
         load_config(
             GrowConfig,
