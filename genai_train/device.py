@@ -38,11 +38,12 @@ def select_device(pref: str = "auto") -> torch.device:
     return dev
 
 
-def autocast(device: torch.device | str, enabled: bool = True):
-    """bf16 autocast on CUDA and on the CPU (torch's CPU autocast: bf16 matmuls and convolutions, slower than fp32
-    on CPUs without bf16 units, so the trainers enable it there only for an explicit run.precision=bf16); a no-op
-    (fp32) on other devices, which ``Run`` reports."""
+def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype = torch.bfloat16):
+    """Autocast to ``dtype`` (bf16 by default; fp16 is the engine's, on CUDA, with a gradient scaler) on CUDA and
+    on the CPU (torch's CPU autocast: bf16 matmuls and convolutions, slower than fp32 on CPUs without bf16 units,
+    so the trainers enable it there only for an explicit run.precision=bf16); a no-op (fp32) on other devices,
+    which ``Run.precision_line`` reports."""
     dev = torch.device(device)
     if enabled and dev.type in ("cuda", "cpu"):
-        return torch.autocast(dev.type, dtype=torch.bfloat16)
+        return torch.autocast(dev.type, dtype=dtype)
     return contextlib.nullcontext()

@@ -111,6 +111,13 @@ class Trainer:
             EMA(self.model, decay=ema_cfg.decay, half_life_steps=ema_cfg.half_life_steps) if ema_cfg.enabled else None
         )
         self.use_autocast = self.run.use_autocast
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        self.scaler = torch.amp.GradScaler("cuda") if self.run.autocast_dtype == torch.float16 else None
+        if self.scaler is not None and self.per_layer:
+            raise ConfigError(
+                "run.precision=fp16 scales the loss and unscales gradients before the step, but optim.per_layer=true "
+                "steps inside backward on scaled gradients; use run.precision=bf16 or optim.per_layer=false"
+            )
         self.resumed_from: int | None = self.run.resumed_from
         if self.resumed_from is not None and self.ema is not None and "ema" not in self.run.checkpoint:
             raise ConfigError(
@@ -122,6 +129,8 @@ class Trainer:
     # -- state ----------------------------------------------------------------------------------------
     def _stateful(self) -> dict:
         objs = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "data": self.batches}
+        if self.scaler is not None:
+            objs["scaler"] = self.scaler
         if self.ema is not None:
             objs["ema"] = self.ema
         if self.task_state is not None:
@@ -138,9 +147,10 @@ class Trainer:
             self.optimizer.step_in_backward = last
         sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.ddp_model.no_sync()
         with sync:
-            with autocast(self.device, self.use_autocast):
+            with autocast(self.device, self.use_autocast, self.run.autocast_dtype or torch.bfloat16):
                 loss = self.loss_fn(self.ddp_model, batch)
-            (loss / self.loop.grad_accum).backward()
+            scaled = loss / self.loop.grad_accum
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss.detach()
 
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -148,9 +158,15 @@ class Trainer:
         self.ddp_model.train()
         losses = [self._micro_step(i == self.loop.grad_accum - 1) for i in range(self.loop.grad_accum)]
         out = {"loss": torch.stack(losses).mean()}
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip and step on the true gradients
         if self.loop.grad_clip > 0:
             out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step when a gradient overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:

@@ -71,8 +71,12 @@ class RunConfig:
     threads: int = field(
         default=0, metadata={"help": "CPU threads for PyTorch (0: its default; 1 is fastest on a busy machine)"}
     )
-    precision: Literal["auto", "fp32", "bf16"] = field(
-        default="auto", metadata={"help": "auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = autocast everywhere"}
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        default="auto",
+        metadata={
+            "help": "auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = bf16 autocast on CUDA and the CPU; "
+            "fp16 = fp16 autocast with a gradient scaler on CUDA (fp32 elsewhere, said so)"
+        },
     )
     log_every: int = field(default=10, metadata={"help": "log metrics every N optimizer steps"})
     tensorboard: bool = field(default=True, metadata={"help": "also write TensorBoard event files under tb/"})
@@ -82,8 +86,8 @@ class RunConfig:
             raise ValueError(f"run.log_every must be >= 1, got {self.log_every}")
         if self.threads < 0:
             raise ValueError(f"run.threads must be >= 0 (0: PyTorch's default), got {self.threads}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"run.precision={self.precision!r}; choose auto, fp32 or bf16")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"run.precision={self.precision!r}; choose auto, fp32, bf16 or fp16")
 
 
 @dataclass
@@ -273,18 +277,27 @@ class Run:
 
     # -- precision -----------------------------------------------------------------------------------------
     @property
-    def use_autocast(self) -> bool:
-        """bf16 autocast (``genai_train.device.autocast``): asked for on CUDA or the CPU, or ``auto`` on CUDA."""
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of this run on its device (``genai_train.device.autocast``), None for fp32: bf16 when
+        asked for on CUDA or the CPU or by ``auto`` on CUDA; fp16 on CUDA (with a gradient scaler)."""
         p, kind = self.cfg.precision, self.device.type
-        return (p == "bf16" and kind in ("cuda", "cpu")) or (p == "auto" and kind == "cuda")
+        if (p == "bf16" and kind in ("cuda", "cpu")) or (p == "auto" and kind == "cuda"):
+            return torch.bfloat16
+        return torch.float16 if p == "fp16" and kind == "cuda" else None
+
+    @property
+    def use_autocast(self) -> bool:
+        return self.autocast_dtype is not None
 
     def precision_line(self) -> str:
         """What run.precision does on this device, for a run's first lines (nothing is ignored silently)."""
-        p, kind = self.cfg.precision, self.device.type
-        if self.use_autocast:
-            return f"precision: bf16 autocast on {kind} (run.precision={p})"
-        if p == "bf16":
-            return f"precision: fp32; run.precision=bf16 is ignored on {kind} (bf16 autocast runs on cuda and cpu)"
+        p, kind, dtype = self.cfg.precision, self.device.type, self.autocast_dtype
+        if dtype is not None:
+            scaler = " with a gradient scaler" if dtype == torch.float16 else ""
+            return f"precision: {str(dtype).split('.')[-1]} autocast{scaler} on {kind} (run.precision={p})"
+        if p in ("bf16", "fp16"):
+            where = "cuda and cpu" if p == "bf16" else "cuda"
+            return f"precision: fp32; run.precision={p} is ignored on {kind} ({p} autocast runs on {where})"
         return f"precision: fp32 on {kind} (run.precision={p}; bf16 autocast: run.precision=bf16)"
 
     # -- state -----------------------------------------------------------------------------------------------

@@ -154,3 +154,32 @@ def test_tagged_union_errors_name_the_variant(tmp_path):
 def test_help_of_a_tagged_union_lists_only_the_chosen_variant():
     assert set(field_help(_Cfg)) == {"strategy.name", "strategy.shared", "strategy.only_a"}
     assert set(field_help(_Cfg, {"strategy": {"name": "b"}})) == {"strategy.name", "strategy.shared", "strategy.only_b"}
+
+
+def test_precision_is_reported_and_nothing_is_ignored_silently(tmp_path, capsys):
+    for precision, line in [
+        ("bf16", "precision: bfloat16 autocast on cpu (run.precision=bf16)"),
+        ("fp16", "precision: fp32; run.precision=fp16 is ignored on cpu (fp16 autocast runs on cuda)"),
+        ("auto", "precision: fp32 on cpu (run.precision=auto"),
+    ]:
+        cfg = tiny_cfg(tmp_path / precision, steps=1, every=0)
+        cfg.run.precision = precision
+        trainer = _run(cfg)
+        assert line in capsys.readouterr().err
+        assert (trainer.scaler is None) and trainer.use_autocast == (precision == "bf16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_on_cuda_scales_the_loss_and_resumes_exactly(tmp_path):
+    def cfg(run_dir, steps):
+        c = tiny_cfg(run_dir, steps=steps, every=2, ema=False)
+        c.run.precision, c.run.device = "fp16", "cuda"
+        return c
+
+    straight = _run(cfg(tmp_path / "a", 4))
+    _run(cfg(tmp_path / "b", 2))
+    resumed = _run(cfg(tmp_path / "b", 4))
+    assert straight.scaler is not None and resumed.resumed_from == 2
+    a, b = params(straight.model), params(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a) and all(torch.isfinite(v).all() for v in a.values())
