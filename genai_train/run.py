@@ -294,7 +294,8 @@ class Run:
         p, kind, dtype = self.cfg.precision, self.device.type, self.autocast_dtype
         if dtype is not None:
             scaler = " with a gradient scaler" if dtype == torch.float16 else ""
-            return f"precision: {str(dtype).split('.')[-1]} autocast{scaler} on {kind} (run.precision={p})"
+            name = "fp16" if dtype == torch.float16 else "bf16"
+            return f"precision: {name} autocast{scaler} on {kind} (run.precision={p})"
         if p in ("bf16", "fp16"):
             where = "cuda and cpu" if p == "bf16" else "cuda"
             return f"precision: fp32; run.precision={p} is ignored on {kind} ({p} autocast runs on {where})"

@@ -158,7 +158,7 @@ def test_help_of_a_tagged_union_lists_only_the_chosen_variant():
 
 def test_precision_is_reported_and_nothing_is_ignored_silently(tmp_path, capsys):
     for precision, line in [
-        ("bf16", "precision: bfloat16 autocast on cpu (run.precision=bf16)"),
+        ("bf16", "precision: bf16 autocast on cpu (run.precision=bf16)"),
         ("fp16", "precision: fp32; run.precision=fp16 is ignored on cpu (fp16 autocast runs on cuda)"),
         ("auto", "precision: fp32 on cpu (run.precision=auto"),
     ]:
