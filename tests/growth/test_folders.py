@@ -138,7 +138,8 @@ def test_context_extended_gpt_trains_at_the_new_length(corpus, small_ckpt, tmp_p
 
 def test_position_table_is_tiled_and_rope_keeps_its_base():
     from growth.ligo import LigoConfig, LigoOperator
-    from growth.models import ModelConfig, Transformer, target_config
+    from growth.models import ModelConfig, Transformer
+    from growth.targets import target_config
 
     src = ModelConfig(vocab_size=20, n_layers=1, d_model=8, n_heads=2, d_ff=16, max_seq_len=4)
     small = Transformer(src).state_dict()

@@ -8,7 +8,8 @@ import torch
 from genai_train.config import ConfigError, load_config
 from growth.data import ByteTokenizer, DataConfig, TextData
 from growth.hf import save_hf_folder
-from growth.models import ModelConfig, Transformer, target_config
+from growth.models import ModelConfig, Transformer
+from growth.targets import target_config
 from growth.train import GrowConfig, run
 
 from .conftest import TEXT

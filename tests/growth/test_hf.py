@@ -8,7 +8,8 @@ import torch
 
 from growth.hf import CheckpointFolderError, load_hf_folder, save_hf_folder
 from growth.ligo import LigoConfig, LigoOperator, materialize
-from growth.models import ModelConfig, Transformer, target_config
+from growth.models import ModelConfig, Transformer
+from growth.targets import target_config
 
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

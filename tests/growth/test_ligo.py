@@ -6,7 +6,8 @@ from torch.func import functional_call
 
 from growth.baselines import stack_and_widen
 from growth.ligo import LigoConfig, LigoOperator, materialize
-from growth.models import ModelConfig, Transformer, target_config
+from growth.models import ModelConfig, Transformer
+from growth.targets import target_config
 
 FAMILIES = {
     "gpt2_tied": dict(arch="gpt2"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genai_train.config import load_config
-from growth.models import TargetError
+from growth.targets import TargetError
 from growth.train import GrowConfig, run
 
 transformers = pytest.importorskip("transformers")

@@ -6,7 +6,8 @@ import torch
 
 from genai_train.config import load_config
 from growth.hf import save_hf_folder, validate_hf_config
-from growth.models import ModelConfig, TargetError, Transformer, target_config
+from growth.models import ModelConfig, Transformer
+from growth.targets import TargetError, target_config
 from growth.train import GrowConfig, run
 
 LLAMA = ModelConfig(arch="llama", vocab_size=257, n_layers=1, d_model=24, n_heads=3, n_kv_heads=1, d_ff=32)
