@@ -123,6 +123,11 @@ class GrowConfig:
 
     def check_inputs(self) -> None:
         """Checks that need the whole config: a run needs --small, or a full --target for scratch."""
+        if self.run.precision == "fp16":
+            raise ValueError(
+                "run.precision=fp16 needs loss scaling, which the growth trainer does not do; use run.precision=bf16 "
+                "(bf16 autocast on CUDA and the CPU) or fp32"
+            )
         if self.method in ("ligo", "stack") and not self.small:
             raise ValueError(
                 f"method={self.method} grows a checkpoint: pass --small FOLDER (a Hugging Face-format "

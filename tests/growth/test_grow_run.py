@@ -130,3 +130,9 @@ def test_grow_writes_tensorboard_scalars(corpus, small_ckpt, tmp_path):
     run(_cfg(corpus, small_ckpt, tmp_path / "r", "--run.tensorboard=true"))
     scalars = tensorboard_scalars(tmp_path / "r")
     assert scalars["loss"] == [1, 2, 3, 4, 5, 6] and "val_loss" in scalars
+
+
+def test_fp16_is_refused_before_anything_is_written(corpus, small_ckpt, tmp_path):
+    with pytest.raises(ValueError, match="run.precision=fp16 needs loss scaling"):
+        run(_cfg(corpus, small_ckpt, tmp_path / "r", "--run.precision=fp16"))
+    assert not (tmp_path / "r").exists()
