@@ -5,12 +5,14 @@ PINHOLE, SIMPLE_RADIAL, RADIAL and OPENCV (the distorted ones are undistorted to
 same intrinsics); one camera per image or shared cameras, and mixed image sizes. Images are downscaled
 by ``factor`` (resized copies cached as PNG outside the scene folder); the world is normalized as in
 gsplat's parser (cameras' mean up -> +z, centred on the median focus point, median camera distance 1,
-points' principal axes aligned); every ``test_every``-th image (sorted by name) is held out for testing.
+points' principal axes aligned; :mod:`splatting.frames`); every ``test_every``-th image (sorted by name) is
+held out for testing.
 
 Every image (training and held-out) is decoded once before the scene is returned, so a truncated or corrupt
 file fails the load (one error naming every bad file) before a run writes anything; ``skip_unreadable=True``
 drops such views from their split with a warning instead. ``Scene.report`` says what was loaded and what
-was skipped and why (:func:`format_report` turns it into lines a run prints at its start).
+was skipped and why (:func:`format_report`, in :mod:`splatting.scene_report`, turns it into lines a run prints
+at its start).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from splatting.frames import normalization_dict, normalization_transform
+from splatting.scene_report import _shown, _size_report, check_image, format_report
 
 __all__ = [
     "SUPPORTED_MODELS",
@@ -162,52 +167,6 @@ def _camera_intrinsics(cam) -> tuple[Tensor, str, tuple[float, ...]]:
         dist = tuple(p[4:8])
     K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64)
     return K, name, dist
-
-
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Rotation taking unit vector a to unit vector b (Rodrigues)."""
-    v, c = np.cross(a, b), float(np.dot(a, b))
-    if c < -1 + 1e-10:  # opposite: rotate pi about any axis orthogonal to a
-        axis = np.cross(a, [1.0, 0.0, 0.0])
-        if np.linalg.norm(axis) < 1e-6:
-            axis = np.cross(a, [0.0, 1.0, 0.0])
-        axis /= np.linalg.norm(axis)
-        return 2 * np.outer(axis, axis) - np.eye(3)
-    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + vx + vx @ vx / (1 + c)
-
-
-def normalization_transform(c2w: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Similarity [4, 4] that normalizes a capture like gsplat's COLMAP parser (see module docstring)."""
-    up = (c2w[:, :3, :3] @ np.array([0.0, -1.0, 0.0])).mean(0)
-    up /= max(np.linalg.norm(up), 1e-12)
-    rot = _rotation_between(up, np.array([0.0, 0.0, 1.0]))
-    centers = c2w[:, :3, 3] @ rot.T
-    fwd = (rot @ c2w[:, :3, :3]) @ np.array([0.0, 0.0, 1.0])  # [C, 3]
-    # point of each optical axis closest to the origin, median over cameras = the focus of the capture
-    nearest = centers + ((-centers * fwd).sum(-1, keepdims=True)) * fwd
-    shift = -np.median(nearest, axis=0)
-    dist = np.median(np.linalg.norm(centers + shift, axis=-1))
-    scale = 1.0 / max(dist, 1e-12)
-    t1 = np.eye(4)
-    t1[:3, :3] = scale * rot
-    t1[:3, 3] = scale * shift
-    if len(points) >= 3:  # align the point cloud's principal axes (largest variance -> x, smallest -> z)
-        p = points @ t1[:3, :3].T + t1[:3, 3]
-        center = np.median(p, axis=0)
-        evals, evecs = np.linalg.eigh(np.cov((p - center).T))
-        axes = evecs[:, ::-1]
-        if np.linalg.det(axes) < 0:
-            axes[:, 2] *= -1
-        t2 = np.eye(4)
-        t2[:3, :3] = axes.T
-        t2[:3, 3] = -axes.T @ center
-        z = (p @ t2[:3, :3].T + t2[:3, 3])[:, 2]
-        if np.median(z) > np.mean(z):  # flip upside down so most points lie below the median
-            flip = np.diag([1.0, -1.0, -1.0, 1.0])
-            t2 = flip @ t2
-        t1 = t2 @ t1
-    return t1
 
 
 def _scan_images(image_dir: Path) -> dict[str, Path]:
@@ -389,36 +348,6 @@ def load_scene(
     )
 
 
-def _shown(items: list[str], k: int = 10) -> str:
-    return ", ".join(items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
-
-
-def check_image(path: Path, size: tuple[int, int] | None = None) -> str:
-    """Decode ``path`` fully; '' if it is a readable image of ``size`` (w, h), else why not."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # decodes every byte: truncated and corrupt files raise here, not at open
-            got = im.size
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on broken files
-        return f"cannot be decoded: {type(e).__name__}: {str(e).replace(repr(str(path)), 'it')}"
-    if size is not None and got != tuple(size):
-        return f"is {got[0]}x{got[1]} but its COLMAP camera says {size[0]}x{size[1]}"
-    return ""
-
-
-def normalization_dict(transform: Tensor) -> dict:
-    """Scale, rotation, translation and centre of a similarity [4, 4] (see :attr:`Scene.normalization`)."""
-    t = transform.double()
-    scale = float(torch.linalg.norm(t[:3, 0]))
-    rot = t[:3, :3] / scale
-    return {
-        "scale": scale,
-        "rotation": rot.tolist(),
-        "translation": t[:3, 3].tolist(),
-        "center": (-(rot.T @ t[:3, 3]) / scale).tolist(),
-    }
-
-
 def _camera_report(rec, used_ids: set[int]) -> list[dict]:
     out = []
     for cid in sorted(used_ids):
@@ -436,23 +365,6 @@ def _camera_report(rec, used_ids: set[int]) -> list[dict]:
     return out
 
 
-def _size_report(views: list[View], factor: int) -> dict:
-    sizes: dict[str, int] = {}
-    for v in views:
-        key = f"{v.orig_width}x{v.orig_height}"
-        sizes[key] = sizes.get(key, 0) + 1
-    portrait = sum(v.orig_height > v.orig_width for v in views)
-    landscape = sum(v.orig_width > v.orig_height for v in views)
-    return {
-        "original": sizes,
-        "loaded": sorted({f"{v.width}x{v.height}" for v in views}),
-        "mixed": len(sizes) > 1,
-        "portrait": portrait,
-        "landscape": landscape,
-        "mixed_orientation": portrait > 0 and landscape > 0,
-    }
-
-
 def _prescaled_candidates(folder: Path, view: View) -> list[Path]:
     return [folder / view.name, folder / Path(view.name).with_suffix(".png")]
 
@@ -465,53 +377,6 @@ def _prescaled_folder(root: Path, factor: int, views: list[View]) -> tuple[Path 
     found = sum(any(p.exists() for p in _prescaled_candidates(folder, v)) for v in views)
     note = {"dir": str(folder), "found": found, "needed": len(views), "used": found == len(views)}
     return (folder if note["used"] else None), note
-
-
-def format_report(report: dict) -> list[str]:
-    """The loader's report as lines for the start of a run."""
-    if not report:
-        return []
-    lines = [f"scene {report['scene']} (model {report['model']}, {report['points']} SfM points)"]
-    groups: dict[tuple, list[dict]] = {}
-    for c in report["cameras"]:
-        groups.setdefault((c["model"], c["undistorted"]), []).append(c)
-    for (model, undistorted), cams in groups.items():
-        how = "undistorted to a pinhole camera with the same intrinsics" if undistorted else "no undistortion needed"
-        if len(cams) == 1:
-            c = cams[0]
-            dist = f" (distortion {', '.join(f'{d:g}' for d in c['distortion'])})" if undistorted else ""
-            lines.append(f"  camera {c['id']}: {model} {c['size'][0]}x{c['size'][1]}, {how}{dist}")
-        else:
-            lines.append(f"  {len(cams)} cameras: {model}, {how}")
-    im = report["images"]
-    lines.append(
-        f"  images: {im['registered']} registered, {im['used']} used ({im['train']} train / {im['test']} test), "
-        f"{im['skipped']} skipped"
-    )
-    by_reason: dict[str, list[str]] = {}
-    for x in report["skipped"]:
-        by_reason.setdefault(x["reason"], []).append(x["name"] + (f" ({x['detail']})" if x.get("detail") else ""))
-    for reason, names in by_reason.items():
-        lines.append(f"  skipped, {reason}: {_shown(names, 5)}")
-    sz = report["sizes"]
-    line = f"  sizes: {', '.join(f'{k} ({n})' for k, n in sz['original'].items())}"
-    if sz["mixed"]:
-        line += "; MIXED sizes"
-    if sz["mixed_orientation"]:
-        line += f"; portrait ({sz['portrait']}) and landscape ({sz['landscape']}) views MIXED"
-    line += f"; loaded at factor {report['factor']}: {', '.join(sz['loaded'])}"
-    lines.append(line)
-    pre = report.get("prescaled")
-    if pre:
-        if pre["used"]:
-            lines.append(f"  using the resized images in {pre['dir']}")
-        else:
-            lines.append(
-                f"  {pre['dir']} holds only {pre['found']} of {pre['needed']} images: IGNORED (resizing the "
-                f"originals into the cache instead)"
-            )
-    lines.append(f"  held out for testing: {_shown(report['held_out'], 20) or 'none'}")
-    return lines
 
 
 def _cache_path(view: View, factor: int, cache_dir: Path | None, prescaled: Path | None = None) -> Path:
