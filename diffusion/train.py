@@ -390,22 +390,19 @@ def make_trainer(
         trainer.ema.decay = ramp.decay_for(1)
     if trainer.is_main:
         gc = "on (model.gradient_checkpointing=true)" if cfg.model.gradient_checkpointing else "off"
-        for line in [trainer.run.precision_line(), f"gradient checkpointing: {gc}"] + (
-            [latent_line] if latent_line else []
-        ):
+        for line in [f"gradient checkpointing: {gc}"] + ([latent_line] if latent_line else []):
             trainer.logger.info(line)
     if trainer.is_main and trainer.resumed_from is None:
-        mul = mean_batch_multiplier(cfg.data.resolution, cfg.patch)
-        sizes = ", ".join(f"{s} ({q:.0%})" for s, q in patch_choices(cfg.data.resolution, cfg.patch.p))
-        cond = (
-            f"class-conditional on {len(classes)} classes (label dropout {cfg.model.label_dropout})"
-            if classes
-            else "unconditional"
-        )
+        side = cfg.model_shape[1]  # the patch sizes of a latent run are on the latent grid
+        mul = mean_batch_multiplier(side, cfg.patch)
+        sizes = ", ".join(f"{s} ({q:.0%})" for s, q in patch_choices(side, cfg.patch.p))
+        grid = "" if side == cfg.data.resolution else f" (latent side {side})"
+        cond = f"class-conditional on {len(classes)} classes (label dropout {cfg.model.label_dropout})"
         trainer.logger.info(
-            f"Patch Diffusion: {images.shape[0]} images at {cfg.data.resolution}px, {cfg.data.channels} channels, "
-            f"{cond}; patch sizes used {sizes} (p={cfg.patch.p}, {cfg.patch.schedule}), mean batch x{mul:.2f}; "
-            f"UNet {count_params(model) / 1e6:.2f}M params on {trainer.device}"
+            f"Patch Diffusion: {images.shape[0]} images at {cfg.data.resolution}px{grid}, {cfg.data.channels} "
+            f"channels, {cond if classes else 'unconditional'}; patch sizes used {sizes} (p={cfg.patch.p}, "
+            f"{cfg.patch.schedule}), mean batch x{mul:.2f}; UNet {count_params(model) / 1e6:.2f}M params on "
+            f"{trainer.device}"
         )
     return trainer
 

@@ -125,6 +125,7 @@ class Trainer:
             )
         self.step = self.run.restore(**self._stateful())
         self.logger = self.run.logger
+        self.logger.info(self.run.precision_line())
 
     # -- state ----------------------------------------------------------------------------------------
     def _stateful(self) -> dict:
@@ -190,7 +191,6 @@ class Trainer:
                 out = self.train_step()
                 if self.step == 1 or self.resumed_from == self.step - 1:
                     self.logger.info(self.memory_line())
-                    self.logger.info(self.run.precision_line())
                 if self.step % self.run_cfg.log_every == 0 or self.step == total:
                     loss = all_reduce_mean(out["loss"]).item()  # host sync only on logging steps
                     if not math.isfinite(loss):

@@ -23,6 +23,9 @@ SYNOPSES = {
     "genai-train <task> <verb> --help",
     "genai-train <task> <verb> --config configs/<task>/<file>.yaml --section.field=value ...",
     "genai-train demo [--only lm,diffusion,splat,grow] [--out runs/demo]",
+    # a latent run needs an autoencoder folder the user brings (tests/diffusion/test_latent.py trains one)
+    "genai-train diffusion train --data data/shapes --labels folders --model.vae <autoencoder-folder> --resolution 32 "
+    "--config configs/diffusion/emoji32_cpu.yaml --out runs/shapes-latent",
 }
 
 # appended to a command of (task, verb) so it finishes in seconds; later flags win over the README's own
