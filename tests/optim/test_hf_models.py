@@ -199,3 +199,26 @@ def test_adam_mini_heads_of_bert_come_from_its_attention_module():
     self_attn = "bert.encoder.layer.0.attention.self."
     assert blocks[self_attn + "query.weight"] == 4 and blocks[self_attn + "key.weight"] == 4
     assert blocks[self_attn + "value.weight"] == 32 and blocks[self_attn + "query.bias"] == 32
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+@pytest.mark.parametrize("name", ["adamw", "galore", "apollo", "apollo_mini", "adam_mini", "flora"])
+def test_every_optimizer_steps_a_stock_diffusers_unet(name, per_layer):
+    diffusers = pytest.importorskip("diffusers")
+    if per_layer and name == "adamw":
+        pytest.skip("per-layer steps are for the core's own optimizers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8, attention_head_dim=8,
+    )  # fmt: skip
+    opt = build_optimizer(unet, OptimConfig(name=name, rank=4, per_layer=per_layer))
+    before = [p.detach().clone() for p in unet.parameters()]
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    for _ in range(3):
+        (unet(x, t).sample - x).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    moved = sum(not torch.equal(p, q) for p, q in zip(unet.parameters(), before))
+    assert all(torch.isfinite(p).all() for p in unet.parameters()) and moved > len(before) // 2
