@@ -1,4 +1,4 @@
-"""``genai-train splat <verb>``: train, eval, render, export; and the splatting part of ``genai-train demo``."""
+"""``genai-train splat <verb>``: train, eval, render, export, view; and the splatting part of ``genai-train demo``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ import json
 from pathlib import Path
 
 from genai_train.commands import Command
-from splatting.config import EvalCommandConfig, ExportCommandConfig, RenderCommandConfig, TrainConfig
+from splatting.config import (
+    EvalCommandConfig,
+    ExportCommandConfig,
+    RenderCommandConfig,
+    TrainConfig,
+    ViewCommandConfig,
+)
 from splatting.evaluate import run_eval, run_export, run_render
 from splatting.train import train
+from splatting.view import run_view
 
 __all__ = ["COMMANDS", "demo"]
 
@@ -58,6 +65,12 @@ COMMANDS: dict[str, Command] = {
         config=ExportCommandConfig,
         shortcuts={"run": "run_dir"},
         example="genai-train splat export --run_dir runs/splat --out scene.ply",
+    ),
+    "view": Command(
+        help="browser viewer (viser) of a run's newest checkpoint or a PLY, training cameras as frustums",
+        run=run_view,
+        config=ViewCommandConfig,
+        example="genai-train splat view --run runs/splat --port 8080",
     ),
 }
 

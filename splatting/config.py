@@ -244,3 +244,11 @@ class ExportCommandConfig:
         default="colmap",
         metadata={"help": "colmap = the capture's own frame (overlays its points and cameras), or normalized"},
     )
+
+
+@dataclass
+class ViewCommandConfig:
+    run: str = field(default="", metadata={"help": "training run folder (newest checkpoint; its scene's cameras)"})
+    ply: str = field(default="", metadata={"help": "show this PLY instead of a checkpoint"})
+    port: int = field(default=8080, metadata={"help": "port of the local web server"})
+    seconds: float = field(default=0.0, metadata={"help": "stop after this many seconds (0: serve until Ctrl-C)"})

@@ -41,6 +41,7 @@ SHORTEN = {
     ("splat", "eval"): ["--device=cpu"],
     ("splat", "render"): ["--frames=2", "--device=cpu"],
     ("splat", "export"): [],
+    ("splat", "view"): ["--seconds=1", "--port=0"],
 }
 
 

@@ -228,6 +228,8 @@ def test_every_splat_command_line_of_the_readmes_runs(scene, tmp_path, monkeypat
             argv += tiny + ([f"--run.dir={tmp_path / Path(run_dir).name}"] if run_dir else [])
         if argv[1] == "render":
             argv += ["--frames=3"]
+        if argv[1] == "view":
+            argv += ["--seconds=1", "--port=0"]
         assert cli_main(argv) == 0, line
     assert (tmp_path / "figurine.ply").exists() and (tmp_path / "fig" / "render" / "turntable.gif").exists()
     assert (tmp_path / "splat_figurine" / "render" / "turntable.gif").exists()

@@ -110,7 +110,7 @@ def test_bad_inputs_are_explained(tmp_path):
 
 
 def test_cli_table_and_export(scene, tmp_path):
-    assert set(COMMANDS) == {"train", "eval", "render", "export"}
+    assert set(COMMANDS) == {"train", "eval", "render", "export", "view"}
     assert COMMANDS["train"].shortcuts["scene"] == "data.root"
     run = tmp_path / "e"
     train(_cfg(scene, run, steps=3))
