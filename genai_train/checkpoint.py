@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["Checkpointer", "CheckpointConfig", "CheckpointError", "RunDirError", "prepare_run_dir"]
+__all__ = ["Checkpointer", "CheckpointConfig", "CheckpointError", "RunDirError", "RUN_MARKER"]
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 MARKER = "COMPLETE"
@@ -194,40 +194,3 @@ class Checkpointer:
                     stacklevel=2,
                 )
         return None
-
-
-def prepare_run_dir(run_dir: str | os.PathLike, task: str, resume: str = "auto", create: bool = True) -> Path:
-    """Check that ``run_dir`` is ours (or new/empty) and mark it; never touch a foreign folder.
-
-    Raises RunDirError for a non-empty folder without our marker, a folder of another task, or a folder
-    with checkpoints when ``resume`` is ``never`` (continuing would overwrite them).
-    """
-    run_dir = Path(run_dir)
-    marker = run_dir / RUN_MARKER
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"run dir {run_dir} is a file; pass --run.dir with a folder path")
-    if run_dir.is_dir():
-        if marker.exists():
-            try:
-                owner = json.loads(marker.read_text()).get("task")
-            except (OSError, json.JSONDecodeError):
-                owner = None
-            if owner and owner != task:
-                raise RunDirError(
-                    f"run dir {run_dir} belongs to a '{owner}' run, not '{task}'; choose another --run.dir"
-                )
-            if resume == "never" and Checkpointer(run_dir / "ckpt").complete_steps():
-                raise RunDirError(
-                    f"run dir {run_dir} already holds checkpoints and ckpt.resume=never; "
-                    f"use --ckpt.resume=auto to continue it or choose a new --run.dir"
-                )
-            return run_dir
-        if any(run_dir.iterdir()):
-            raise RunDirError(
-                f"run dir {run_dir} exists, is not empty and was not created by genai-train "
-                f"(no {RUN_MARKER}); choose a new --run.dir so nothing in it is overwritten"
-            )
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"task": task}))
-    return run_dir

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from genai_train.checkpoint import Checkpointer, CheckpointError, RunDirError, prepare_run_dir
+from genai_train.checkpoint import RUN_MARKER, Checkpointer, CheckpointError, RunDirError
+from genai_train.run import check_run_dir
 
 
 def _state(v: float) -> dict:
@@ -60,18 +61,25 @@ def test_run_dir_that_is_not_ours_is_refused_and_untouched(tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("important")
     with pytest.raises(RunDirError, match="not created by genai-train"):
-        prepare_run_dir(foreign, "lm")
+        check_run_dir(foreign, "lm", "auto")
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
+def _ours(run, task: str):
+    run.mkdir()
+    (run / RUN_MARKER).write_text(json.dumps({"task": task}))
+    return run
+
+
 def test_run_dir_of_another_task_is_refused(tmp_path):
-    prepare_run_dir(tmp_path / "r", "diffusion")
+    _ours(tmp_path / "r", "diffusion")
+    assert check_run_dir(tmp_path / "r", "diffusion", "auto") and not check_run_dir(tmp_path / "new", "lm", "auto")
     with pytest.raises(RunDirError, match="belongs to a 'diffusion' run"):
-        prepare_run_dir(tmp_path / "r", "lm")
+        check_run_dir(tmp_path / "r", "lm", "auto")
 
 
 def test_resume_never_refuses_to_overwrite_checkpoints(tmp_path):
-    run = prepare_run_dir(tmp_path / "r", "lm")
+    run = _ours(tmp_path / "r", "lm")
     Checkpointer(run / "ckpt", task="lm").save(1, _state(1))
     with pytest.raises(RunDirError, match="ckpt.resume=never"):
-        prepare_run_dir(run, "lm", resume="never")
+        check_run_dir(run, "lm", "never")
