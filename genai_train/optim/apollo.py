@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from genai_train.kernels import use_triton
-from genai_train.kernels.optim import adam_direction_triton, channel_norm_ratio_triton
+from genai_train.kernels.optim import channel_norm_ratio_triton
 from genai_train.optim.base import adam_direction, low_rank_groups
 from genai_train.optim.projector import (
     ProjectedAdam,
@@ -139,10 +139,7 @@ class APOLLO(ProjectedAdam):
         front = group["scale_front"]
         for p, g, s, m, v, (r, rt) in zip(params, gs, states, ms, vs, reused_workspaces(ms)):
             project(g, s["proj"], out=r)  # [m, r] | [r, n]
-            if use_triton(self.kernels, r):  # -Rt: only its norms are used
-                adam_direction_triton(r, m, v, b1, b2, eps, out=rt)
-            else:
-                adam_direction([r], [m], [v], k, b1, b2, eps, out=[rt])
+            adam_direction([r], [m], [v], k, b1, b2, eps, out=[rt], kernels=self.kernels)  # -Rt: only its norms count
             coef, u_norm = apollo_scaling(r, rt, g, group["scale_type"], self.kernels)
             if front:
                 coef, u_norm = coef * sqrt_alpha, u_norm * sqrt_alpha

@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 import torch
 
-from genai_train.kernels import KERNEL_MODES
+from genai_train.kernels import KERNEL_MODES, use_triton
+from genai_train.kernels.optim import adam_direction_triton
 
 __all__ = ["CoreOptimizer", "hf_adamw_", "adam_direction"]
 
@@ -105,10 +106,16 @@ def adam_direction(
     beta2: float,
     eps: float,
     out: list[torch.Tensor] | None = None,
+    kernels: str = "torch",
 ) -> list[torch.Tensor]:
     """Update the Adam moments of ``grads`` in place and return **-N**, N = m / (sqrt(v) + eps) (GaLore/
     APOLLO's normalised low-rank gradient, no bias correction), fused into one pass where possible.
-    ``out``: tensors shaped like ``grads`` to write -N into (else new ones are allocated)."""
+    ``out``: tensors shaped like ``grads`` to write -N into (else new ones are allocated). ``kernels``: where
+    ``use_triton`` says so, the Triton kernel ``adam_direction_triton`` (of which the code below is the twin)."""
+    if out is not None and use_triton(kernels, grads[0]):
+        for g, m, v, o in zip(grads, exp_avgs, exp_avg_sqs, out):
+            adam_direction_triton(g, m, v, beta1, beta2, eps, o)
+        return out
     if _fused_ok(grads + exp_avgs + exp_avg_sqs + (out or [])):
         # fused Adam on a zero "parameter" with lr = (1-b1^k)/sqrt(1-b2^k) leaves exactly -N in it
         if out is None:

@@ -20,8 +20,6 @@ from typing import Literal
 
 import torch
 
-from genai_train.kernels import use_triton
-from genai_train.kernels.optim import adam_direction_triton
 from genai_train.optim.base import adam_direction, low_rank_groups
 from genai_train.optim.projector import (
     ProjectedAdam,
@@ -94,8 +92,5 @@ class GaLore(ProjectedAdam):
         alpha = lr * math.sqrt(1.0 - b2**k) / (1.0 - b1**k) * group["scale"]
         for p, g, s, m, v, (r, neg_n) in zip(params, gs, states, ms, vs, reused_workspaces(ms)):
             project(g, s["proj"], out=r)  # [m, r] tall | [r, n] wide
-            if use_triton(self.kernels, r):
-                adam_direction_triton(r, m, v, b1, b2, eps, out=neg_n)
-            else:
-                adam_direction([r], [m], [v], k, b1, b2, eps, out=[neg_n])
+            adam_direction([r], [m], [v], k, b1, b2, eps, out=[neg_n], kernels=self.kernels)
             project_back_(matrix_view(p), neg_n, s["proj"], alpha=alpha)
