@@ -13,6 +13,7 @@ from typing import Literal
 
 from genai_train.checkpoint import CheckpointConfig
 from genai_train.run import LoopConfig, RunConfig, path_field
+from splatting.optim import OPTIMIZERS, OptimName
 from splatting.render import RasterSettings
 from splatting.strategies import ADCConfig, MCMCConfig, SteepGSConfig
 
@@ -93,9 +94,15 @@ class RenderConfig:
 
 @dataclass
 class OptimConfig:
-    """One Adam per Gaussian attribute with gsplat's learning rates (eps 1e-15 as in the reference code)."""
+    """One optimizer per Gaussian attribute with gsplat's learning rates (eps 1e-15 as in the reference code)."""
 
-    name: Literal["adam"] = field(default="adam", metadata={"help": "optimizer (one per attribute)"})
+    name: OptimName = field(
+        default="adam",
+        metadata={
+            "help": "optimizer, one per attribute: adam; selective_adam (updates only the Gaussians the step's "
+            "views see); adam_mini (one second moment per Gaussian and attribute)"
+        },
+    )
     means: float = field(default=1.6e-4, metadata={"help": "means LR (x scene scale), decays to means_final_ratio"})
     means_final_ratio: float = field(default=0.01, metadata={"help": "means LR at the last step / initial"})
     scales: float = field(default=5e-3, metadata={"help": "log-scale LR"})
@@ -105,6 +112,8 @@ class OptimConfig:
     shN: float = field(default=2.5e-3 / 20, metadata={"help": "higher-order SH LR"})
 
     def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}")
         for k in ("means", "scales", "quats", "opacities", "sh0", "shN"):
             if getattr(self, k) < 0:
                 raise ValueError(f"optim.{k} must be >= 0, got {getattr(self, k)}")

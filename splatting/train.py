@@ -2,9 +2,11 @@
 
 3D Gaussian Splatting for Real-Time Radiance Field Rendering, https://arxiv.org/abs/2308.04079, with the
 optimization setup of gsplat's ``simple_trainer.py``: loss (1 - lambda) L1 + lambda (1 - SSIM) with
-lambda = 0.2, one Adam per attribute (means LR decays exponentially to 1% over the run, scaled by the scene
-size), SH degree raised by one every ``sh_degree_interval`` steps, and a densification strategy object
-driven by ``step_pre_backward`` / ``accumulate`` / ``refine``.
+lambda = 0.2, one optimizer per attribute (``optim.name``: Adam, selective Adam or Adam-mini, see
+``splatting/optim.py``; means LR decays exponentially to 1% over the run, scaled by the scene size), SH
+degree raised by one every ``sh_degree_interval`` steps, and a densification strategy object driven by
+``step_pre_backward`` / ``accumulate`` / ``refine``. Selective Adam updates the Gaussians that any view of
+the step (on any rank) sees.
 
 One optimizer step sees ``world_size x train.grad_accum`` views: every rank draws the same indices from the
 shared seeded sampler and renders its own slice; gradients are summed over views and ranks, then divided
@@ -29,6 +31,7 @@ from splatting.config import DataConfig, OptimConfig, TrainConfig
 from splatting.evaluate import eval_background, evaluate, render_view
 from splatting.gaussians import GaussianModel, empty_gaussians, init_gaussians
 from splatting.metrics import ssim
+from splatting.optim import build_optimizers, state_bytes, visibility
 from splatting.ply import save_ply
 
 __all__ = [
@@ -53,11 +56,12 @@ SHAPE_KEYS = (
     "data.test_every",
     "data.normalize",
     "data.image_dir",
+    "optim.name",
 )
 
 
 class Optimizers(dict):
-    """The per-attribute Adams as one named stateful object (the strategies rewrite their rows in place)."""
+    """The per-attribute optimizers as one named stateful object (the strategies rewrite their rows in place)."""
 
     def state_dict(self) -> dict:
         return {k: o.state_dict() for k, o in self.items()}
@@ -133,7 +137,8 @@ def initial_points(scene, cfg: TrainConfig, generator: torch.Generator, log=None
 def make_optimizers(
     params: torch.nn.ParameterDict, lr: OptimConfig, scene_scale: float
 ) -> dict[str, torch.optim.Optimizer]:
-    """One Adam per attribute with gsplat's learning rates (eps 1e-15 as in the reference code)."""
+    """One ``optim.name`` optimizer per attribute with gsplat's learning rates (eps 1e-15 as in the reference
+    code); see ``splatting/optim.py``."""
     rates = {
         "means": lr.means * scene_scale,
         "scales": lr.scales,
@@ -142,7 +147,7 @@ def make_optimizers(
         "sh0": lr.sh0,
         "shN": lr.shN,
     }
-    return {k: torch.optim.Adam([{"params": [params[k]], "lr": rates[k], "name": k}], eps=1e-15) for k in params.keys()}
+    return build_optimizers(params, lr.name, rates)
 
 
 def means_lr(lr: OptimConfig, scene_scale: float, step: int, total: int) -> float:
@@ -259,14 +264,15 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
     run.info(
         f"{len(scene.train)} train / {len(scene.test)} test views at {scene.train[0].width}x"
         f"{scene.train[0].height}, {len(gaussians)} Gaussians, device {device}, params "
-        f"{n_param_bytes / 2**20:.1f} MiB (+ 2x for Adam state)"
+        f"{n_param_bytes / 2**20:.1f} MiB, optimizer {cfg.optim.name}"
     )
 
     total, accum = cfg.train.steps, cfg.train.grad_accum
     n_views = dist.world_size * accum  # views of one optimizer step, over all ranks
     mine = range(dist.rank * accum, (dist.rank + 1) * accum)
     t_start = time.perf_counter()
-    skipped, last_loss = 0, float("nan")
+    skipped, last_loss, opt_seconds = 0, float("nan"), 0.0
+    selective = cfg.optim.name == "selective_adam"
     end = total if stop_after is None else min(total, start + stop_after)
     bar = run.logger.progress(total, initial=start, desc="splat")
     for step in range(start, end):
@@ -298,8 +304,17 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
             continue
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.train.grad_clip)
+        t_opt = time.perf_counter()
+        if selective:  # the Gaussians any view of the step sees, on any rank
+            seen = visibility(infos, len(gaussians)).float()
+            _all_reduce_sum([seen], dist)
+            for o in optimizers.values():
+                o.step(visible=seen > 0)
+        else:
+            for o in optimizers.values():
+                o.step()
+        opt_seconds += time.perf_counter() - t_opt
         for o in optimizers.values():
-            o.step()
             o.zero_grad(set_to_none=True)
         if strategy.accumulates and step < strategy.refine_stop:
             delta = strategy.initialize_state(scene_scale)
@@ -338,6 +353,9 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
         "skipped_steps": skipped,
         "last_loss": last_loss,
         "n_gaussians": len(gaussians),
+        "optimizer": cfg.optim.name,
+        "optimizer_state_bytes": state_bytes(optimizers),
+        "optimizer_seconds": opt_seconds,  # host time in optimizer.step (asynchronous on CUDA)
         "gaussians": gaussians.state_dict(),  # the trained parameters (not written to results.json)
     }
     if end < total or not run.is_main:  # interrupted on purpose, or not the rank that writes

@@ -1,7 +1,8 @@
 """Operations that change the number of Gaussians while keeping optimizer state and strategy state aligned.
 
-Every op rewrites, for each parameter key, the Parameter, the Adam moments of its optimizer (new rows
-start at zero) and every per-Gaussian tensor in the strategy ``state``.
+Every op rewrites, for each parameter key, the Parameter, every per-Gaussian tensor of its optimizer's state
+(the moments of Adam and selective Adam, Adam-mini's [N, 1, ...] second moment; new rows start at zero) and
+every per-Gaussian tensor in the strategy ``state``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def update_params(
             group = opt.param_groups[0]
             st = opt.state.pop(old, None)
             if st:
-                for key, v in list(st.items()):
-                    if key != "step" and isinstance(v, Tensor) and v.shape == old.shape:
+                for key, v in list(st.items()):  # per-Gaussian rows: [N, ...] moments, Adam-mini's [N, 1, ...]
+                    if key != "step" and isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == old.shape[0]:
                         st[key] = opt_fn(key, v)
                 opt.state[new] = st
             group["params"] = [new]
