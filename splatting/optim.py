@@ -105,14 +105,14 @@ class SelectiveAdam(torch.optim.Optimizer):
                 st["exp_avg_sq"] = torch.zeros_like(p)
             st["step"] += 1
             beta1, beta2 = group["betas"]
-            m, v = st["exp_avg"].clone(), st["exp_avg_sq"].clone()
-            new = p.detach().clone()
-            adam_moments_(m, v, p.grad, p.grad * p.grad, beta1, beta2)
-            adam_update_(new, m, v, group["lr"], float(st["step"]), beta1, beta2, group["eps"])
-            rows = visible.reshape((-1,) + (1,) * (p.ndim - 1))  # [N, 1, ...]
-            st["exp_avg"].copy_(torch.where(rows, m, st["exp_avg"]))
-            st["exp_avg_sq"].copy_(torch.where(rows, v, st["exp_avg_sq"]))
-            p.copy_(torch.where(rows, new, p))
+            vis = visible.reshape((-1,) + (1,) * (p.ndim - 1))  # [N, 1, ...]
+            one = vis.to(p.dtype)  # 1 visible, 0 hidden
+            # Adam's three updates with each row's coefficients masked: a hidden row gets m + 0 (g - m), 1 x v + 0
+            # and p - 0, i.e. exactly its old values (gradients are finite: the trainer skips other steps)
+            m, v, g = st["exp_avg"], st["exp_avg_sq"], p.grad
+            m.lerp_(g, torch.where(vis, 1 - beta1, 0.0).to(p))
+            v.mul_(torch.where(vis, beta2, 1.0).to(p)).addcmul_(g, g * one, value=1 - beta2)
+            adam_update_(p, m * one, v, group["lr"], float(st["step"]), beta1, beta2, group["eps"])
         return None
 
 
