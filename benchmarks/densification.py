@@ -1,14 +1,17 @@
-"""ADC vs SteepGS densification on the figurine scene (data factor 8): Gaussians, held-out quality, time, memory.
+"""ADC vs SteepGS (with its defaults) vs MCMC at SteepGS's count, on every scene in ../shared/data/scenes.
 
-Both runs use the schedule of ``benchmarks/splat_train.py`` (same seed, steps, learning rates, pruning and
-opacity resets); only the densification differs. Each side trains in its own process so its peak resident
-memory is its own. The claim (SteepGS paper): at most 0.6x the Gaussians of ADC at a held-out PSNR no more
-than 0.1 dB lower. Writes benchmarks/results/densification.json and a side-by-side render
-(ground truth | ADC | SteepGS) of the first test view as densification.png.
+Every run uses the schedule of ``benchmarks/splat_train.py`` (same seed, steps, learning rates, pruning and
+opacity resets) with the trainer's own initialisation (SfM points only, ``--init_random=0``), so the final
+count is set by densification rather than by random filler points; only the strategy differs. SteepGS runs
+with its defaults (nothing tuned here), MCMC with ``cap_max`` = SteepGS's final count on that scene. Each run
+is its own process (its peak resident memory is its own), ``--jobs`` of them at a time.
 
-SteepGS runs with ``STEEPGS_OPTIONS`` (``--steepgs`` changes them); everything else is shared.
+Claims (SteepGS paper): ``gaussians_ratio_steepgs_vs_adc.<scene>`` <= 0.6 on every scene and
+``psnr_drop_db.mean`` (ADC minus SteepGS held-out PSNR, averaged over scenes) <= 0.1. Writes
+benchmarks/results/densification.json and per scene densification_<scene>.png (ground truth | ADC | SteepGS |
+MCMC on the first held-out view).
 
-Run: python benchmarks/densification.py [--quick] [--steps N] [--threads T] [--steepgs='OPTIONS']
+Run: python benchmarks/densification.py [--quick] [--steps N] [--scenes a,b] [--jobs J] [--threads T]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("BUILD_NO_CUDA", "1")
@@ -28,49 +32,51 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from splat_train import SCENE, overrides  # noqa: E402  (the shared schedule)
+from splat_train import overrides  # noqa: E402  (the shared schedule)
 
-STRATEGIES = ("adc", "steepgs")
-# SteepGS settings for this benchmark (ADC runs its defaults): the official code's estimator, and a split only
-# where the paper's second-order expansion predicts a loss decrease of at least 2e-6 per view
-STEEPGS_OPTIONS = ["--strategy.estimator=inv_cov", "--strategy.min_decrease=2e-6"]
+SCENES_DIR = ROOT.parent / "shared" / "data" / "scenes"
+STRATEGIES = ("adc", "steepgs", "mcmc")
+ADC_ONLY = ("--strategy.reset_every",)  # schedule keys MCMC has no field for (it never resets opacities)
 
 
-def worker(strategy: str, steps: int, run_dir: str, threads: int, backend: str, out: str, extra: list[str]) -> None:
+def schedule(scene: Path, steps: int, run_dir: str, threads: int, strategy: str) -> list[str]:
+    """splat_train's schedule on ``scene``, SfM initialisation only, for one strategy."""
+    flags = [f for f in overrides(steps, run_dir, threads) if not f.startswith(("--data.root=", "--init_random="))]
+    if strategy == "mcmc":
+        flags = [f for f in flags if not f.startswith(ADC_ONLY)]
+    return [f"--data.root={scene}", "--init_random=0", *flags, f"--strategy.name={strategy}"]
+
+
+def worker(args: argparse.Namespace) -> None:
     from genai_train.config import load_config
     from splatting.config import TrainConfig
     from splatting.train import train
 
-    cfg = load_config(
-        TrainConfig,
-        None,
-        overrides(steps, run_dir, threads) + [f"--strategy.name={strategy}", f"--render.backend={backend}"] + extra,
-    )
+    flags = schedule(Path(args.scene), args.steps, args.run_dir, args.threads, args.worker)
+    cfg = load_config(TrainConfig, None, flags + [f"--render.backend={args.backend}", *args.extra.split()])
     result = train(cfg)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
-    if backend == "gsplat":
+    if args.backend == "gsplat":
         import torch
 
         peak_gb = torch.cuda.max_memory_allocated() / 1e9
     m = result["test"]
-    Path(out).write_text(
-        json.dumps(
-            {
-                "strategy": strategy,
-                "n_gaussians": m["n_gaussians"],
-                "test_psnr_db": m["psnr"],
-                "test_ssim": m["ssim"],
-                "test_lpips": m.get("lpips"),
-                "train_minutes": result["train_seconds"] / 60,
-                "peak_memory_gb": peak_gb,
-                "run_dir": run_dir,
-            }
-        )
-    )
+    record = {
+        "strategy": args.worker,
+        "n_gaussians": m["n_gaussians"],
+        "test_psnr_db": m["psnr"],
+        "test_ssim": m["ssim"],
+        "test_lpips": m.get("lpips"),
+        "train_minutes": result["train_seconds"] / 60,
+        "peak_memory_gb": peak_gb,
+        "extra": args.extra.split(),
+        "run_dir": args.run_dir,
+    }
+    Path(args.out).write_text(json.dumps(record))
 
 
 def side_by_side(runs: dict[str, dict], path: Path) -> Path | None:
-    """Ground truth | ADC | SteepGS for the first held-out view, from the runs' saved test renders.
+    """Ground truth | ADC | SteepGS | MCMC for the first held-out view, from the runs' saved test renders.
 
     Each saved test render is ``render | ground truth`` side by side (splatting.evaluate.evaluate).
     """
@@ -94,23 +100,32 @@ def side_by_side(runs: dict[str, dict], path: Path) -> Path | None:
     return path
 
 
+def run_one(args: argparse.Namespace, tmp: Path, scene: Path, strategy: str, extra: list[str]) -> dict:
+    out = tmp / f"{scene.name}_{strategy}.json"
+    cmd = [
+        sys.executable, __file__, "--worker", strategy, "--scene", str(scene), "--steps", str(args.steps),
+        "--threads", str(args.threads), "--backend", args.backend, "--run-dir", str(tmp / f"{scene.name}_{strategy}"),
+        "--out", str(out), f"--extra={' '.join(extra)}",
+    ]  # fmt: skip
+    with open(tmp / f"{scene.name}_{strategy}.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    record = json.loads(out.read_text())
+    print(f"{scene.name} {strategy}: {record}", file=sys.stderr)
+    return record
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a short smoke run (a few minutes per side)")
-    ap.add_argument("--steps", type=int, default=0, help="steps per run (default 7000, quick 1000)")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
+    ap.add_argument("--quick", action="store_true", help="a short smoke run (60 steps per run)")
+    ap.add_argument("--steps", type=int, default=0, help="steps per run (default 1500, quick 60)")
+    ap.add_argument("--scenes", default="", help=f"comma-separated scene folders (default: all in {SCENES_DIR})")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each in its own process)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")), help="threads per run")
     ap.add_argument(
         "--backend",
         default="torch",
         choices=["torch", "gsplat"],
         help="renderer: our PyTorch rasterizer (any device) or gsplat CUDA (GPU)",
-    )
-    ap.add_argument(
-        "--steepgs",
-        default=" ".join(STEEPGS_OPTIONS),
-        metavar="'OPTIONS'",
-        help="config overrides for the SteepGS run only, space-separated (default: %(default)s); "
-        "--steepgs= runs the strategy's defaults",
     )
     ap.add_argument(
         "--kernels",
@@ -119,27 +134,26 @@ def main() -> None:
         help="SteepGS's strategy.kernels; with triton on a CUDA machine its fused splitting-matrix kernel is also "
         "timed against the torch twin (claim fused_update_vs_twin.steepgs); on the CPU the twin runs",
     )
+    ap.add_argument("--results", default="", help="results folder (default benchmarks/results)")
     ap.add_argument("--worker", choices=STRATEGIES, help=argparse.SUPPRESS)
+    ap.add_argument("--scene", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--extra", default="", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    steps = args.steps or (1000 if args.quick else 7000)
+    args.steps = args.steps or (60 if args.quick else 1500)
     if args.worker:
-        worker(
-            args.worker,
-            steps,
-            args.run_dir,
-            args.threads,
-            args.backend,
-            args.out,
-            args.steepgs.split() if args.worker == "steepgs" else [],
-        )
+        worker(args)
         return
 
     from genai_train.bench import claim, write_result
 
-    if not SCENE.is_dir():
-        sys.exit(f"{SCENE} is missing: this benchmark needs the figurine scene from ../shared/data")
+    scenes = [Path(s).resolve() for s in args.scenes.split(",") if s] or sorted(
+        p for p in SCENES_DIR.iterdir() if (p / "sparse").is_dir()
+    )
+    missing = [str(s) for s in scenes if not (s / "sparse").is_dir()]
+    if not scenes or missing:
+        sys.exit(f"no COLMAP scene at {missing or SCENES_DIR}: this benchmark needs ../shared/data/scenes")
     import torch
 
     kernels = {"mode": args.kernels, "used": args.kernels != "torch" and torch.cuda.is_available()}
@@ -152,51 +166,62 @@ def main() -> None:
         print(
             "--kernels triton: no CUDA device, so the Triton kernel is not used; the torch twin runs", file=sys.stderr
         )
-    steepgs_opts = f"{args.steepgs} --strategy.kernels={args.kernels if kernels['used'] else 'torch'}".strip()
+    steep_extra = [f"--strategy.kernels={args.kernels if kernels['used'] else 'torch'}"]
+    results = Path(args.results) if args.results else HERE / "results"
+    results.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="densification_bench_"))
-    runs = {}
-    for name in STRATEGIES:
-        out = tmp / f"{name}.json"
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            name,
-            "--steps",
-            str(steps),
-            "--threads",
-            str(args.threads),
-            "--backend",
-            args.backend,
-            "--run-dir",
-            str(tmp / name),
-            "--out",
-            str(out),
-            f"--steepgs={steepgs_opts}",
-        ]
-        subprocess.run(cmd, check=True)
-        runs[name] = json.loads(out.read_text())
-        print(f"{name}: {runs[name]}", file=sys.stderr)
-    adc, steep = runs["adc"], runs["steepgs"]
-    ratio = steep["n_gaussians"] / adc["n_gaussians"]
-    drop = adc["test_psnr_db"] - steep["test_psnr_db"]
-    claims = [claim("gaussians_ratio_steepgs_vs_adc", ratio, "<=", 0.6), claim("psnr_drop_db", drop, "<=", 0.1)]
+    print(f"runs and their logs under {tmp}", file=sys.stderr)
+    runs: dict[str, dict[str, dict]] = {s.name: {} for s in scenes}
+    # SteepGS first (MCMC waits for its count), then ADC; each MCMC run is queued as soon as its cap is known
+    with ThreadPoolExecutor(args.jobs) as pool:
+        mcmc: dict[str, Future] = {}
+
+        def queue_mcmc(scene: Path, steep: Future) -> None:
+            cap = steep.result()["n_gaussians"]
+            mcmc[scene.name] = pool.submit(run_one, args, tmp, scene, "mcmc", [f"--strategy.cap_max={cap}"])
+
+        steep = {s.name: pool.submit(run_one, args, tmp, s, "steepgs", steep_extra) for s in scenes}
+        adc = {s.name: pool.submit(run_one, args, tmp, s, "adc", []) for s in scenes}
+        for s in scenes:
+            queue_mcmc(s, steep[s.name])
+        for s in scenes:
+            runs[s.name] = {
+                "adc": adc[s.name].result(),
+                "steepgs": steep[s.name].result(),
+                "mcmc": mcmc[s.name].result(),
+            }
+
+    claims, per_scene = [], {}
+    for s in scenes:
+        r = runs[s.name]
+        ratio = r["steepgs"]["n_gaussians"] / r["adc"]["n_gaussians"]
+        drop = r["adc"]["test_psnr_db"] - r["steepgs"]["test_psnr_db"]
+        image = side_by_side(r, results / f"densification_{s.name}{'.quick' if args.quick else ''}.png")
+        per_scene[s.name] = {
+            "gaussians_ratio_steepgs_vs_adc": ratio,
+            "psnr_drop_db": drop,
+            "mcmc_psnr_drop_db": r["adc"]["test_psnr_db"] - r["mcmc"]["test_psnr_db"],
+            "side_by_side": str(image) if image else None,
+        }
+        claims.append(claim(f"gaussians_ratio_steepgs_vs_adc.{s.name}", ratio, "<=", 0.6))
+    mean_drop = sum(p["psnr_drop_db"] for p in per_scene.values()) / len(per_scene)
+    claims.append(claim("psnr_drop_db.mean", mean_drop, "<=", 0.1))
     if "timings" in kernels:
         claims.append(claim("fused_update_vs_twin.steepgs", kernels["timings"]["ratio"], "<=", 0.5))
-    suffix = ".quick" if args.quick else ""
-    image = side_by_side(runs, HERE / "results" / f"densification{suffix}.png")
     config = {
-        "scene": "figurine",
+        "scenes": [s.name for s in scenes],
         "data_factor": 8,
-        "steps": steps,
+        "steps": args.steps,
         "threads": args.threads,
+        "jobs": args.jobs,
         "backend": args.backend,
-        "schedule": overrides(steps, "<run_dir>", args.threads),
-        "steepgs_options": steepgs_opts.split(),
+        "schedule": {k: schedule(Path("<scene>"), args.steps, "<run_dir>", args.threads, k) for k in STRATEGIES},
+        "steepgs_options": steep_extra,
+        "mcmc_options": "--strategy.cap_max=<SteepGS's final count on the scene>",
     }
-    data = {"runs": runs, "side_by_side": str(image) if image else None, "kernels": kernels}
-    path = write_result("densification", config, claims, data, quick=args.quick)
-    print(json.dumps({"claims": claims}, indent=2))
+    data = {"runs": runs, "per_scene": per_scene, "kernels": kernels}
+    path = write_result("densification", config, claims, data, quick=args.quick, out_dir=str(results))
+    print(json.dumps({"claims": claims, "per_scene": per_scene}, indent=2))
     print(f"-> {path}")
 
 

@@ -286,6 +286,7 @@ def _train(run: Run, cfg: TrainConfig, scene: Scene, stop_after: int | None) -> 
             view = scene.train[int(idx[i])]
             img, _, info = render_view(params, view, sh_deg, device, settings, backend, None if bgs is None else bgs[i])
             loss, l1 = training_loss(img, gts[view.name], params, cfg)
+            info["loss"] = loss.detach()  # SteepGS's split bar is a share of it
             strategy.step_pre_backward(params, optimizers, sstate.value, step, info)
             loss.backward()  # gradients add up over the views; divided once below
             sums += torch.stack([loss.detach(), l1.detach()])

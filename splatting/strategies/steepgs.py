@@ -14,8 +14,10 @@ gradients of the loss with respect to each Gaussian's per-view conic and opacity
 and it is lifted to 3-D with the projection Jacobian J (2x3): S3D += J^T S2D J.
 
 Selection: mean 2-D gradient over ADC's threshold and lambda_min(S) below ``split_threshold`` (the paper's
-sign test). ``min_decrease`` optionally also asks the split's second-order prediction, 1/2 E|offset|^2
-lambda_min (loss units, so independent of the scene's scale), to promise at least that much.
+sign test), and the split's second-order prediction, 1/2 E|offset|^2 |lambda_min| (loss units, so independent
+of the scene's scale), at least ``min_decrease_pixels`` times one average pixel's share of the current loss
+(view loss / pixels per view): a new Gaussian must promise to remove one pixel's error. ``min_decrease`` is an
+optional absolute bar on top.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "inv_cov_splitting_matrix",
     "smallest_eigen",
     "predicted_decrease",
+    "pixel_loss",
 ]
 
 
@@ -135,6 +138,18 @@ def steepest_offsets(log_scales: Tensor, directions: Tensor, generator: torch.Ge
     return sign * directions[None] * eps.norm(dim=-1, keepdim=True)  # [2, S, 3]
 
 
+def pixel_loss(state: dict) -> Tensor:
+    """One average pixel's share of a view's loss since the last refinement: mean over views of L_v / P_v.
+
+    L_v is the view's training loss (a mean over its P_v pixels), so L_v / P_v is what removing the error of one
+    average pixel would gain: the default bar a split's predicted decrease must clear (``min_decrease_pixels``).
+    """
+    sums = state.get("loss_px")
+    if sums is None or not float(sums[1]) > 0:
+        raise ValueError("no view's loss was accumulated since the last refinement: cannot form the pixel-loss bar")
+    return sums[0] / sums[1]
+
+
 def half_opacity(logit_opacities: Tensor) -> Tensor:
     """The paper's child opacity o / 2, as a logit. [S] -> [S]"""
     return torch.logit(0.5 * torch.sigmoid(logit_opacities))
@@ -163,6 +178,14 @@ class SteepGSStrategy(DensifyStrategy):
             "this; 0 keeps the paper's sign test only"
         },
     )
+    min_decrease_pixels: float = field(
+        default=1.0,
+        metadata={
+            "help": "also require the predicted decrease to exceed this many pixels' share of the current loss "
+            "(mean training loss of the views since the last refinement / pixels per view): a new Gaussian must "
+            "remove at least one average pixel's error; 0 turns this test off"
+        },
+    )
     halve_opacity: bool = field(default=True, metadata={"help": "children get half the parent's opacity (paper)"})
     kernels: Literal["auto", "triton", "torch"] = field(
         default="auto",
@@ -180,9 +203,11 @@ class SteepGSStrategy(DensifyStrategy):
             raise ValueError(f"strategy.split_threshold must be negative, got {self.split_threshold}")
         if not self.min_decrease >= 0:
             raise ValueError(f"strategy.min_decrease must be >= 0 (a loss decrease), got {self.min_decrease}")
+        if not self.min_decrease_pixels >= 0:
+            raise ValueError(f"strategy.min_decrease_pixels must be >= 0 (pixels), got {self.min_decrease_pixels}")
 
     def initialize_state(self, scene_scale: float = 1.0, seed: int = 0) -> dict:
-        return {**super().initialize_state(scene_scale, seed), "S": None}
+        return {**super().initialize_state(scene_scale, seed), "S": None, "loss_px": None}
 
     def step_pre_backward(self, params, optimizers, state: dict, step: int, info: dict) -> None:
         super().step_pre_backward(params, optimizers, state, step, info)
@@ -212,6 +237,16 @@ class SteepGSStrategy(DensifyStrategy):
         if state["S"] is None or state["S"].shape[0] != n:
             state["S"] = torch.zeros(n, 3, 3, device=params["means"].device)
         self._accumulate_matrices(params, state, info)
+        if self.min_decrease_pixels > 0:
+            if "loss" not in info:
+                raise ValueError(
+                    "strategy.min_decrease_pixels needs each view's loss in info['loss'] (the splat trainer sets "
+                    "it); set it yourself after computing the loss, or pass min_decrease_pixels=0"
+                )
+            if state.get("loss_px") is None:
+                state["loss_px"] = torch.zeros(2, device=params["means"].device)
+            per_pixel = info["loss"].detach().float().to(state["loss_px"].device) / (info["width"] * info["height"])
+            state["loss_px"] += torch.stack([per_pixel, torch.ones_like(per_pixel)])  # (sum of L/P, renders)
 
     def _accumulate_matrices(self, params, state: dict, info: dict) -> None:
         """state["S"] += each view's splitting matrix of every Gaussian it sees: one fused Triton kernel
@@ -237,6 +272,8 @@ class SteepGSStrategy(DensifyStrategy):
         mask = (grads >= self.grow_grad2d) & (lam < self.split_threshold)
         if self.min_decrease > 0:
             mask &= predicted_decrease(params["scales"], lam) < -self.min_decrease
+        if self.min_decrease_pixels > 0:
+            mask &= predicted_decrease(params["scales"], lam) < -self.min_decrease_pixels * pixel_loss(state)
         return mask, lam, vec
 
     @torch.no_grad()
@@ -251,4 +288,6 @@ class SteepGSStrategy(DensifyStrategy):
             child_opac = half_opacity(params["opacities"][sel]) if self.halve_opacity else None
             ops.split(params, optimizers, state, mask, offsets, child_opac)
         state["S"].zero_()
+        if state.get("loss_px") is not None:
+            state["loss_px"].zero_()
         return 0, n_split

@@ -80,7 +80,7 @@ def _accumulated(strategy, params, target):
 
 def test_gaussian_fitting_two_blobs_is_a_saddle_and_v_min_points_at_the_blobs():
     params = _one_wide_gaussian()
-    strategy = SteepGSStrategy(grow_grad2d=0.0)
+    strategy = SteepGSStrategy(grow_grad2d=0.0, min_decrease_pixels=0)
     _, _, state = _accumulated(strategy, params, _two_blob_target())
     assert params["means"].grad[0, :2].norm() < 1e-6, "by symmetry the parent cannot move sideways"
     mask, lam, v = strategy.candidates(params, state)
@@ -94,7 +94,7 @@ def test_inv_cov_estimator_is_opacity_gradient_times_inverse_covariance(opacity_
     params = _one_wide_gaussian()
     with torch.no_grad():
         params["opacities"].fill_(opacity_logit)
-    strategy = SteepGSStrategy(estimator="inv_cov", grow_grad2d=0.0)
+    strategy = SteepGSStrategy(estimator="inv_cov", grow_grad2d=0.0, min_decrease_pixels=0)
     _, info, state = _accumulated(strategy, params, _two_blob_target())
     c = (info["opacities"].detach() * info["opacities"].grad).item()
     mask, lam, v = strategy.candidates(params, state)
@@ -108,7 +108,7 @@ def test_inv_cov_estimator_is_opacity_gradient_times_inverse_covariance(opacity_
 def test_split_along_v_min_lowers_the_loss_more_than_random_directions():
     target = _two_blob_target()
     params = _one_wide_gaussian()
-    strategy = SteepGSStrategy(grow_grad2d=0.0)
+    strategy = SteepGSStrategy(grow_grad2d=0.0, min_decrease_pixels=0)
     state = strategy.initialize_state()
     loss, info = _loss(params, target)
     strategy.step_pre_backward(params, {}, state, 0, info)
@@ -194,7 +194,7 @@ def test_second_order_prediction_matches_the_loss_change_of_a_split(eps):
     """
     target = _two_blob_target()
     params = _one_wide_gaussian()
-    strategy = SteepGSStrategy(estimator="exact")
+    strategy = SteepGSStrategy(estimator="exact", min_decrease_pixels=0)
     _, _, state = _accumulated(strategy, params, target)
     _, lam, v = strategy.candidates(params, state)
 
@@ -217,15 +217,40 @@ def test_second_order_prediction_matches_the_loss_change_of_a_split(eps):
 def test_min_decrease_keeps_only_splits_predicted_to_lower_the_loss_enough():
     target = _two_blob_target()
     params = _one_wide_gaussian()
-    strategy = SteepGSStrategy(estimator="exact")
+    strategy = SteepGSStrategy(estimator="exact", min_decrease_pixels=0)
     _, _, state = _accumulated(strategy, params, target)
     _, lam, _ = strategy.candidates(params, state)
     pred = predicted_decrease(params["scales"].detach(), lam)
     torch.testing.assert_close(pred, 0.5 * (torch.exp(params["scales"].detach()) ** 2).sum(-1) * lam)
     assert pred.item() < 0
     for factor, picked in ((0.5, True), (2.0, False)):
-        strategy = SteepGSStrategy(estimator="exact", grow_grad2d=0.0, min_decrease=factor * -pred.item())
+        strategy = SteepGSStrategy(
+            estimator="exact", grow_grad2d=0.0, min_decrease=factor * -pred.item(), min_decrease_pixels=0
+        )
         assert strategy.candidates(params, state)[0].tolist() == [picked]
+
+
+def test_default_bar_is_a_share_of_one_average_pixels_loss():
+    """min_decrease_pixels=k: split only if the predicted decrease beats k x (view loss / pixels per view)."""
+    target = _two_blob_target()
+    params = _one_wide_gaussian()
+    probe = SteepGSStrategy(estimator="exact", grow_grad2d=0.0, min_decrease_pixels=0)
+    loss, info, state = _accumulated(probe, params, target)
+    _, lam, _ = probe.candidates(params, state)
+    pred = -predicted_decrease(params["scales"].detach(), lam).item()
+    bar = loss.item() / (info["width"] * info["height"])  # one average pixel's share of the loss
+    assert pred > 0
+    for k, picked in ((0.5 * pred / bar, True), (2.0 * pred / bar, False)):
+        strategy = SteepGSStrategy(estimator="exact", grow_grad2d=0.0, min_decrease_pixels=k)
+        state = strategy.initialize_state()
+        strategy.step_pre_backward(params, {}, state, 0, info)
+        info["loss"] = loss.detach()
+        strategy._accumulate(params, state, info)
+        strategy._accumulate(params, state, info)  # the bar is a mean over views: two equal views, same bar
+        assert float(state["loss_px"][0] / state["loss_px"][1]) == pytest.approx(bar, rel=1e-6)
+        assert strategy.candidates(params, state)[0].tolist() == [picked]
+    with pytest.raises(ValueError, match=r"info\['loss'\]"):
+        strategy._accumulate(params, strategy.initialize_state(), {k: v for k, v in info.items() if k != "loss"})
 
 
 def test_opacity_halving_can_be_turned_off():
@@ -247,6 +272,8 @@ def test_bad_strategy_options_are_named():
         SteepGSStrategy(estimator="approx")
     with pytest.raises(ValueError, match="min_decrease must be >= 0"):
         SteepGSStrategy(min_decrease=-1e-6)
+    with pytest.raises(ValueError, match="min_decrease_pixels must be >= 0"):
+        SteepGSStrategy(min_decrease_pixels=-1.0)
 
 
 @pytest.mark.gpu
@@ -280,7 +307,7 @@ def test_both_renderers_pick_the_same_candidates():
             H,
             backend=backend,
         )
-        strategy = SteepGSStrategy(grow_grad2d=0.0)
+        strategy = SteepGSStrategy(grow_grad2d=0.0, min_decrease_pixels=0)
         state = strategy.initialize_state()
         strategy.step_pre_backward(p, {}, state, 0, info)
         ((img - target.cuda()) ** 2).mean().backward()
@@ -316,7 +343,7 @@ def test_estimators_stay_finite_on_degenerate_gaussians(estimator):
             "colors": torch.nn.Parameter(torch.ones(4, 3)),
         }
     )
-    strategy = SteepGSStrategy(estimator=estimator, grow_grad2d=0.0)
+    strategy = SteepGSStrategy(estimator=estimator, grow_grad2d=0.0, min_decrease_pixels=0)
     _, _, state = _accumulated(strategy, params, _two_blob_target())
     mask, lam, vec = strategy.candidates(params, state)
     assert torch.isfinite(state["S"]).all() and torch.isfinite(lam).all() and torch.isfinite(vec).all()

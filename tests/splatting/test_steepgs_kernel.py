@@ -41,7 +41,10 @@ def test_fused_splitting_matrices_equal_the_torch_twin(monkeypatch, n, views):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     params, info, loss = _scene(n, views)
     results = []
-    strategies = [SteepGSStrategy(kernels="torch"), SteepGSStrategy(kernels="triton")]
+    strategies = [
+        SteepGSStrategy(kernels="torch", min_decrease_pixels=0),
+        SteepGSStrategy(kernels="triton", min_decrease_pixels=0),
+    ]
     states = [s.initialize_state() for s in strategies]
     for s, st in zip(strategies, states):
         s.step_pre_backward(params, {}, st, 0, info)
