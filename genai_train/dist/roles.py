@@ -38,6 +38,7 @@ class Kind(IntEnum):
     BYE = 7  # local -> global: all my workers stopped; nothing more comes from me
     LOST = 8  # the transport: this peer's process is gone
     CLOSE = 9  # the transport: this peer's role is done and it sends nothing more (never reaches a role)
+    STATE = 10  # local -> global before BYE: part `steps` of the region's state, for the run's checkpoint
 
 
 @dataclass
@@ -107,6 +108,12 @@ class _Server:
         self.alive: set[int] = set(workers)
         self.stopping, self.done = False, False
         self.stopped: set[int] = set()
+
+    def restart(self) -> None:
+        """Continue a stopped run (a resumed real run with a larger budget): every worker is expected again."""
+        self.stopping, self.done = False, False
+        self.stopped.clear()
+        self.alive = set(self.workers)
 
     def _reply(self, worker: int, progress: float) -> Msg:
         if self.stopping:
@@ -214,7 +221,29 @@ class LocalServer(_Server):
         if self.done or not self._all_stopped():
             return []
         self.done = True
-        return [] if self.parent is None else [(self.parent, Msg(Kind.BYE))]
+        if self.parent is None:
+            return []
+        parts = [(self.parent, Msg(Kind.STATE, p, steps=i)) for i, p in enumerate(self.state_parts())]
+        return [*parts, (self.parent, Msg(Kind.BYE))]
+
+    def state_parts(self) -> list[torch.Tensor]:
+        """The server state as flat [n] tensors (model, snapshot, momentum, accumulator, counters) that travel as
+        messages to the global server, which checkpoints every region (rank 0 writes)."""
+        counters = torch.zeros_like(self.theta)
+        values = [self.v, self.v_hat, self.since_merge, self.since_push, self.applied_steps, self.dn.t]
+        counters[: len(values) + 1] = torch.tensor([*values, self.known_global], dtype=torch.float64).to(counters)
+        return [self.theta.clone(), self.snapshot.clone(), self.dn.m.clone(), self.dn.delta.clone(), counters]
+
+    def load_parts(self, parts: list[torch.Tensor]) -> None:
+        """Take :meth:`state_parts` back (a resumed real run); the live-worker set starts full again."""
+        for dst, src in zip((self.theta, self.snapshot, self.dn.m, self.dn.delta), parts):
+            dst.copy_(src)
+        c = [int(x) for x in parts[4][:6].tolist()]
+        self.v, self.v_hat, self.since_merge, self.since_push, self.applied_steps, self.dn.t = c
+        self.known_global = float(parts[4][6])
+        # a push in flight when the run stopped was never answered: re-arm the trigger (the snapshot stays, so
+        # the next push still carries every change since the last merge)
+        self.v_hat = self.v
 
     def state_dict(self) -> dict:
         return {
@@ -243,6 +272,7 @@ class GlobalServer(_Server):
         self.dn = DNState.zeros_like(self.theta)
         self.integrated = 0  # worker steps covered by the pushes applied
         self.updates = 0
+        self.regions: dict[int, dict[int, torch.Tensor]] = {}  # local server -> its state parts (at the end)
 
     def handle(self, src: int, msg: Msg) -> Out:
         if msg.kind == Kind.PUSH and not self.stopping:
@@ -253,18 +283,23 @@ class GlobalServer(_Server):
                 self.stopping = True
                 return [(r, Msg(Kind.STOP)) for r in sorted(self.alive)]
             return [(src, Msg(Kind.GLOBAL, self.theta.clone(), progress=float(self.integrated)))]
+        if msg.kind == Kind.STATE:
+            self.regions.setdefault(src, {})[msg.steps] = msg.payload
         if msg.kind in (Kind.BYE, Kind.LOST):
             (self.stopped.add if msg.kind == Kind.BYE else self.alive.discard)(src)
             self.done = self._all_stopped()
         return []
 
     def state_dict(self) -> dict:
-        return {**self._base_state(), "dn": self.dn.state_dict(), "counters": [self.integrated, self.updates]}
+        regions = {str(r): [parts[i] for i in sorted(parts)] for r, parts in self.regions.items()}
+        counters = [self.integrated, self.updates]
+        return {**self._base_state(), "dn": self.dn.state_dict(), "counters": counters, "regions": regions}
 
     def load_state_dict(self, state: dict) -> None:
         self._load_base(state)
         self.dn.load_state_dict(state["dn"])
         self.integrated, self.updates = (int(c) for c in state["counters"])
+        self.regions = {int(r): dict(enumerate(parts)) for r, parts in state.get("regions", {}).items()}
 
 
 class SyncServer(_Server):

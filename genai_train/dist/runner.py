@@ -192,10 +192,12 @@ def _real(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
     import torch.distributed as dist
 
     dcfg, W, rank = cfg.dist, layout.regions.n_workers, run.dist.rank
-    if run.checkpoint is not None:
+    saved = run.checkpoint
+    if saved is not None and "server" not in saved:
+        raise ConfigError(f"{run.dir} holds a checkpoint of a simulated run; resume it with --dist.simulate=true")
+    if saved is not None and int(saved["step"]) >= cfg.train.steps:
         raise ConfigError(
-            f"{run.dir} holds a checkpoint; a real {dcfg.algo} run starts fresh (exact resume is the simulator's: "
-            "--dist.simulate=true); choose a new --run.dir"
+            f"{run.dir} finished at {saved['step']} of train.steps={cfg.train.steps}; raise --train.steps to go on"
         )
     run.restore()
     theta0 = flat_params(task.make_model())
@@ -207,6 +209,13 @@ def _real(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
     links = link_model(layout, theta0.numel() * 4, float(step_s[0]))
     role = build_role(rank, layout, dcfg, theta0, task, cfg.train.steps * W)
     kind, i = layout.role(rank)
+    if saved is not None:  # every server continues from its saved state; workers start from their server's model
+        if kind == "local":
+            role.load_parts(saved["server"]["regions"][str(rank)])
+        elif kind != "worker":
+            role.load_state_dict(saved["server"])
+        if kind != "worker":
+            role.restart()
     if kind == "worker":
         peers = [role.server]
     elif kind == "local":
@@ -224,7 +233,10 @@ def _real(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
             next_snap[0] += dcfg.eval_every_s
 
     slowdown = 1.0 / layout.regions.relative_speeds[i] if kind == "worker" and dcfg.emulate_speeds else 1.0
-    serve(role, transport, slowdown=slowdown, on_idle=snapshot if rank == 0 else None)
+    busy = serve(role, transport, slowdown=slowdown, on_idle=snapshot if rank == 0 else None)
+    if kind == "worker":  # what the simulator needs to replay this run: compute per step on this machine
+        per_step = busy / max(1, role.steps_done)
+        print(f"worker {i} (rank {rank}): {role.steps_done} local steps, {per_step:.6f} s compute per step", flush=True)
     if rank != 0:
         run.close()
         return {"rank": rank, "role": kind}
@@ -234,7 +246,8 @@ def _real(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
     curve.append([t_end, role.integrated / W, val])
     for t, g, loss in curve[:-1]:
         run.log(max(1, int(g)), val_loss=loss, time_s=t)
-    # rank 0 alone writes here (the other ranks are gone): the checkpointer directly, no barrier
+    # rank 0 alone writes here (the other ranks are gone): the checkpointer directly, no barrier. With HALoS the
+    # global server's state holds every region's (sent as STATE messages before BYE).
     state = {"step": role.integrated // W, "rng": rng_state(), "config": run.config_dict}
     run.checkpointer.save(role.integrated // W, {**state, "server": role.state_dict(), "curve": {"value": curve}})
     result = {

@@ -164,13 +164,15 @@ def serve(
     slowdown: float = 1.0,
     on_idle: Callable[[float], None] | None = None,
     poll_s: float = 0.05,
-) -> None:
+) -> float:
     """Feed ``role`` its messages until it is done. A worker's compute is stretched to ``slowdown`` times its
     measured duration by sleeping (a worker of speed s on a machine of speed 1: slowdown = 1 / s).
-    ``on_idle(now)`` is called at least every ``poll_s`` seconds (the global server snapshots its model)."""
+    ``on_idle(now)`` is called at least every ``poll_s`` seconds (the global server snapshots its model).
+    Returns the seconds spent handling messages (for a worker: its compute, without the sleeps)."""
     if isinstance(role, Worker):
         for dst, msg in role.start():
             transport.send(dst, msg)
+    busy = 0.0
     while not role.done:
         got = transport.recv(timeout=poll_s)
         if on_idle is not None:
@@ -180,8 +182,11 @@ def serve(
         src, msg = got
         t0 = time.perf_counter()
         out = role.handle(src, msg)
+        spent = time.perf_counter() - t0
+        busy += spent
         if isinstance(role, Worker) and msg.kind == Kind.MODEL and slowdown > 1.0:
-            time.sleep((slowdown - 1.0) * (time.perf_counter() - t0))
+            time.sleep((slowdown - 1.0) * spent)
         for dst, m in out:
             transport.send(dst, m)
     transport.close()
+    return busy
