@@ -24,6 +24,7 @@ from genai_train.commands import Command
 from genai_train.config import ConfigError
 from genai_train.data import ShardedBatchSampler
 from genai_train.device import select_device
+from genai_train.dist.config import DistConfig
 from genai_train.distributed import cleanup, init_distributed
 from genai_train.engine import EMAConfig, Trainer
 from genai_train.optim import OptimConfig
@@ -159,6 +160,7 @@ class LMConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=20))
     ckpt: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=100))
     ema: EMAConfig = field(default_factory=EMAConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 @torch.no_grad()
@@ -193,7 +195,31 @@ def build_trainer(cfg: LMConfig, callbacks=()) -> tuple[Trainer, torch.Tensor]:
     return trainer, tokens[split:]
 
 
+def dist_task(cfg: LMConfig):
+    """The model, worker trainers and validation of ``cfg`` for ``--dist.algo`` other than ddp."""
+    from genai_train.dist.runner import DistTask
+    from genai_train.dist.task import TaskTrainer
+
+    tokens = read_text_bytes(cfg.data.path)
+    split = len(tokens) - int(len(tokens) * cfg.data.val_fraction)
+    device = select_device(cfg.run.device)
+
+    def make_model() -> GPT:
+        torch.manual_seed(cfg.run.seed)  # the same initial model as build_trainer's
+        return GPT(cfg.model).to(device)
+
+    def make_trainer(i: int, n: int) -> TaskTrainer:
+        batches = ByteBatches(tokens[:split], cfg.model.seq_len, cfg.data.batch_size, cfg.run.seed, i, n)
+        return TaskTrainer(make_model(), lm_loss, batches, cfg.optim, cfg.schedule, cfg.train, device)
+
+    return DistTask(make_model, make_trainer, lambda m: evaluate(m, tokens[split:], cfg.model.seq_len, device))
+
+
 def train(cfg: LMConfig) -> dict:
+    if cfg.dist.algo != "ddp":
+        from genai_train.dist.runner import train_distributed
+
+        return train_distributed("lm", cfg, dist_task(cfg))
     trainer, val = build_trainer(cfg)
     try:
         trainer.fit()

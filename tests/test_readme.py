@@ -23,6 +23,7 @@ SYNOPSES = {
     "genai-train <task> <verb> --help",
     "genai-train <task> <verb> --config configs/<task>/<file>.yaml --section.field=value ...",
     "genai-train demo [--only lm,diffusion,splat,grow] [--out runs/demo]",
+    "genai-train lm train --dist.algo=halos --dist.regions=configs/dist/<file>.yaml",
     # a latent run needs an autoencoder folder the user brings (tests/diffusion/test_latent.py trains one)
     "genai-train diffusion train --data data/shapes --labels folders --model.vae <autoencoder-folder> --resolution 32 "
     "--config configs/diffusion/emoji32_cpu.yaml --out runs/shapes-latent",
@@ -30,7 +31,14 @@ SYNOPSES = {
 
 # appended to a command of (task, verb) so it finishes in seconds; later flags win over the README's own
 SHORTEN = {
-    ("lm", "train"): ["--train.steps=2", "--run.device=cpu", "--run.threads=1"],
+    # dist.*: ignored by DDP; HALoS pushes after 2 updates and the simulator takes a given step time
+    ("lm", "train"): [
+        "--train.steps=2",
+        "--run.device=cpu",
+        "--run.threads=1",
+        "--dist.halos.push_every=2",
+        "--dist.step_ms=20",
+    ],  # fmt: skip
     ("diffusion", "train"): ["--train.steps=1", "--preview.every=0", "--run.device=cpu", "--data.batch_size=2"],
     ("diffusion", "sample"): ["--n=2", "--steps=2", "--device=cpu"],
     ("diffusion", "export"): [],
