@@ -103,16 +103,20 @@ def _head_dim(mod: nn.Module, q: nn.Linear) -> int | None:
     return None
 
 
-def adam_mini_blocks(model: nn.Module) -> dict[int, int]:
-    """id(param) -> number of second-moment blocks (rows of the (blocks, -1) view of the parameter).
+def adam_mini_blocks(model: nn.Module) -> dict[int, int | torch.Tensor]:
+    """id(param) -> number of second-moment blocks (rows of the (blocks, -1) view of the parameter), or, for
+    transformers' ``Conv1D`` (stored (in, out)), a segment id per output column.
 
     Adam-mini (Zhang et al. 2024, Sec. 2.3) partitions by the Hessian's block structure: query/key one
     block per head (the key's key/value heads under grouped-query attention), value/output/MLP/embedding/
     output head one per output row, biases one per element (plain Adam), everything else (norm gains, ...)
-    one block for the whole tensor.
+    one block for the whole tensor. GPT-2's fused ``c_attn`` (q, k, v side by side in the columns) gets q and
+    k per head and v per output column.
     """
-    blocks: dict[int, int] = {}
+    blocks: dict[int, int | torch.Tensor] = {}
+    conv1d = linear_like_types()[1:]
     for mod in model.modules():
+        blocks.update(_conv1d_attention_segments(mod, conv1d))
         linears = {n: c for n, c in mod.named_children() if isinstance(c, nn.Linear)}
         q = next((c for n, c in linears.items() if n in ("q", "q_proj", "wq", "query", "to_q")), None)
         head_dim = _head_dim(mod, q) if q is not None else None
@@ -126,6 +130,8 @@ def adam_mini_blocks(model: nn.Module) -> dict[int, int]:
                 continue
             if pname.endswith("bias"):
                 blocks[id(p)] = p.numel()
+            elif conv1d and isinstance(mod, conv1d) and p.ndim == 2:
+                blocks[id(p)] = torch.arange(p.shape[1])  # one block per output neuron: a column of (in, out)
             elif isinstance(mod, (nn.Linear, nn.Embedding, *_CONV)) or (
                 isinstance(mod, nn.MultiheadAttention) and p.ndim == 2
             ):
@@ -133,3 +139,27 @@ def adam_mini_blocks(model: nn.Module) -> dict[int, int]:
             else:
                 blocks[id(p)] = 1
     return blocks
+
+
+def _conv1d_attention_segments(mod: nn.Module, conv1d: tuple[type, ...]) -> dict[int, torch.Tensor]:
+    """GPT-2-style attention (``c_attn``, and ``q_attn`` under cross-attention, as ``Conv1D``): column segment ids
+    with q and k one block per head and v one per output column."""
+    c_attn = getattr(mod, "c_attn", None)
+    if not conv1d or not isinstance(c_attn, conv1d):
+        return {}
+    width, heads = getattr(mod, "embed_dim", None), _head_count(mod)
+    if not isinstance(width, int) or not heads or width % heads:
+        return {}
+    per_head = torch.arange(width) // (width // heads)  # [width]: head of each q (or k) column
+    out: dict[int, torch.Tensor] = {}
+    if getattr(mod, "is_cross_attention", False):
+        q_attn = getattr(mod, "q_attn", None)
+        if isinstance(q_attn, conv1d) and q_attn.weight.shape[1] == width:
+            out[id(q_attn.weight)] = per_head
+        parts = [per_head, heads + torch.arange(width)]  # k per head, v per column
+    else:
+        parts = [per_head, heads + per_head, 2 * heads + torch.arange(width)]  # q, k per head; v per column
+    seg = torch.cat(parts)
+    if c_attn.weight.shape[1] == len(seg):
+        out[id(c_attn.weight)] = seg
+    return out
