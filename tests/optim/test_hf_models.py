@@ -276,3 +276,24 @@ def test_adam_mini_column_blocks_follow_the_closed_form_and_resume_exactly():
     opt_b.load_state_dict(opt_a.state_dict())
     run(grads[3:], opt_b, b)
     assert torch.equal(b.detach(), w.detach())
+
+
+def test_adam_mini_matches_the_package_on_bert_given_berts_module_names():
+    """The package partitions by name substrings; its README says to name a model's layers in its sets. For
+    BERT its defaults crash ('embed' and 'output' also match 1-D LayerNorm gains), so it gets BERT's names; then
+    20 steps equal ours, whose partition comes from the modules."""
+    adam_mini = pytest.importorskip("adam_mini")
+    a, b = _pair("bert")
+    opt = build_optimizer(a, OptimConfig(name="adam_mini", lr=1e-3, weight_decay=0.1))
+    c = b.config
+    ref = adam_mini.Adam_mini(
+        named_parameters=b.named_parameters(), lr=1e-3, weight_decay=0.1, dim=c.hidden_size,
+        n_heads=c.num_attention_heads, verbose=False,
+    )  # fmt: skip
+    ref.embd_names = {"word_embeddings", "position_embeddings", "token_type_embeddings"}
+    ref.output_names = set()  # the MLM decoder is tied to the word embeddings
+    ref.attn_proj_names = {"attention.output.dense"}
+    ref.mlp_names = {"intermediate.dense", "output.dense", "transform.dense"}
+    _train(a, opt)
+    _train(b, ref)
+    assert _rel(a, b) < TOL
