@@ -32,6 +32,7 @@ SHAPE_KEYS = (
     "ligo.per_layer",
     "ligo.train_width",
     "ligo.train_depth",
+    "ligo.width_init",
     "ligo.optim.name",
     "optim.name",
 )

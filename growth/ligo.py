@@ -23,6 +23,12 @@ head-aware: heads are copied whole, q is scaled by sqrt(dh'/dh) and k divided by
 that scaled dot products are unchanged. Depth starts as stacking (large layer i = small layer i mod L1).
 Small noise on the ``out`` operators breaks the symmetry between copies.
 
+Function-preserving start (``depth_init=identity``, ``width_init=preserve``; :mod:`growth.maps` eq. P1-P4): new
+units copy an old unit's inputs and write nothing (zero output rows), the residual stream is copied (whole
+multiples) or padded with zeros (RMSNorm; the mean for LayerNorm) with norm gains scaled by sqrt(D/D'), and new
+layers are identity blocks (zero o/down) interleaved after the layer they copy: the grown model computes the
+source's function for any width and depth, and noise goes only where nothing reads it yet.
+
 Longer context: a learned position table grown from P to P' > P rows gets row p = source row p mod P (the table
 tiled, as Longformer extended RoBERTa's positions, Beltagy et al. 2020 §5); it is a fixed selection ``pos``,
 not learned. RoPE models have no table and keep their rotary base.
@@ -38,6 +44,17 @@ import torch
 from torch import nn
 
 from genai_train.optim import OptimConfig, build_optimizer
+from growth.maps import (
+    OUTPUT_KEYS,
+    attention_maps,
+    copy_map,
+    depth_map,
+    identity_depth,
+    normalised_selection,
+    residual_maps,
+    selection,
+    zero_output_maps,
+)
 from growth.models import ModelConfig, Transformer
 
 __all__ = [
@@ -51,6 +68,7 @@ __all__ = [
     "attention_maps",
     "materialize",
     "operator_optimizer",
+    "resolve_init",
 ]
 
 
@@ -98,11 +116,20 @@ class LigoConfig:
     )
     train_width: bool = field(default=True, metadata={"help": "learn the width operators"})
     train_depth: bool = field(default=True, metadata={"help": "learn the depth coefficients"})
-    depth_init: Literal["stack", "interpolate"] = field(
-        default="stack",
+    depth_init: Literal["auto", "identity", "stack", "interpolate"] = field(
+        default="auto",
         metadata={
-            "help": "stack: large layer i copies small layer i mod L (StackBERT); interpolate: "
-            "floor(i L / L') (each layer repeated in place; gentler for non-integer depth ratios)"
+            "help": "identity: new layers are exact identity blocks (zero o/down) interleaved after the layer "
+            "they copy; stack: large layer i copies small layer i mod L (StackBERT, the paper's); interpolate: "
+            "floor(i L / L'); auto = stack when the depth is a whole multiple (or post-LN), else identity"
+        },
+    )
+    width_init: Literal["auto", "preserve", "net2net"] = field(
+        default="auto",
+        metadata={
+            "help": "preserve: new units start with zero outputs (exact for any width); net2net: copies with "
+            "split fan-out + noise on the copies (exact only for whole multiples, noise 0); auto = preserve "
+            "with identity depth, else net2net"
         },
     )
 
@@ -124,93 +151,46 @@ class LigoConfig:
             raise ValueError(f"ligo.noise={self.noise} must be >= 0")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Net2Net selection maps (pure functions)
-
-
-def copy_map(n_old: int, n_new: int) -> torch.Tensor:
-    """src[i] = i mod n_old: new unit i copies old unit src[i] (first n_old are the originals). [n_new]"""
-    if n_new < n_old:
-        raise ValueError(f"cannot shrink {n_old} -> {n_new}")
-    return torch.arange(n_new) % n_old
-
-
-def depth_map(n_old: int, n_new: int, kind: str = "stack") -> torch.Tensor:
-    """Which small layer each large layer starts from: stacking (i mod L) or interpolation (floor(i L / L'))
-    (paper App. A: both are special cases of the depth operator). [n_new]"""
-    if kind == "interpolate":
-        return torch.arange(n_new) * n_old // n_new
-    return copy_map(n_old, n_new)
-
-
-def selection(src: torch.Tensor, n_old: int) -> torch.Tensor:
-    """One-hot S [n_new, n_old] with S[i, src[i]] = 1 (the out-operator of Net2Net)."""
-    S = torch.zeros(len(src), n_old)
-    S[torch.arange(len(src)), src] = 1.0
-    return S
-
-
-def normalised_selection(src: torch.Tensor, n_old: int) -> torch.Tensor:
-    """S~ = S diag(1/c) with c the copy count of each old unit, so S~^T S = I (Net2Net fan-out split)."""
-    counts = torch.bincount(src, minlength=n_old).float()
-    return selection(src, n_old) / counts[src][:, None]
-
-
-def attention_maps(src: ModelConfig, tgt: ModelConfig) -> dict[str, torch.Tensor]:
-    """Function-preserving q/k/v/o_in selection matrices for head-aware attention growth.
-
-    New query head j copies old head j mod H; within a head, feature e copies e mod dh. kv head t copies
-    the old kv head that its query heads read, which requires the copy to be consistent across the group.
-    q gets sqrt(dh'/dh) and k 1/c_d so that q'.k'/sqrt(dh') = q.k/sqrt(dh); o's input divides by the
-    copy count of (head, feature).
-    """
-    H1, H2, K1, K2, d1, d2 = src.n_heads, tgt.n_heads, src.kv_heads, tgt.kv_heads, src.dh, tgt.dh
-    g1, g2 = H1 // K1, H2 // K2
-    src_h = copy_map(H1, H2)  # [H2]
-    src_d = copy_map(d1, d2)  # [d2]
-    src_kv = torch.empty(K2, dtype=torch.long)
-    for t in range(K2):
-        olds = {int(src_h[j]) // g1 for j in range(t * g2, (t + 1) * g2)}
-        if len(olds) != 1:
-            raise ValueError(
-                f"kv_heads={K2} with heads={H2} cannot copy the source's grouping ({H1} heads, "
-                f"{K1} kv heads): keep heads/kv_heads = {g1}, e.g. kv_heads={H2 // g1}"
-            )
-        src_kv[t] = olds.pop()
-    c_h = torch.bincount(src_h, minlength=H1).float()
-    c_d = torch.bincount(src_d, minlength=d1).float()
-
-    def flat(heads: torch.Tensor) -> torch.Tensor:  # (head, feature) -> flat old index [n_heads * d2]
-        return (heads[:, None] * d1 + src_d[None, :]).reshape(-1)
-
-    q_src, kv_src = flat(src_h), flat(src_kv)
-    q = selection(q_src, H1 * d1) * math.sqrt(d2 / d1)
-    k = selection(kv_src, K1 * d1) / c_d[src_d].repeat(K2)[:, None]
-    v = selection(kv_src, K1 * d1)
-    o_in = selection(q_src, H1 * d1) / (c_h[src_h][:, None] * c_d[src_d][None, :]).reshape(-1)[:, None]
-    return {
-        "q": q,
-        "k": k,
-        "v": v,
-        "o_in": o_in,
-        "head_q": selection(src_h, H1),
-        "head_kv": selection(src_kv, K1),
-        "head_o_in": selection(src_h, H1) / c_h[src_h][:, None],
-    }
+def resolve_init(cfg: LigoConfig, src: ModelConfig, tgt: ModelConfig) -> tuple[str, str]:
+    """(depth_init, width_init) with ``auto`` resolved. The rule: a whole-multiple depth keeps the paper's
+    stacking + Net2Net start (every large layer a full copy); any other depth (e.g. SmolLM2 30 -> 32 layers,
+    where a partial stack duplicates two layers and nearly doubles the loss) starts function-preserving.
+    Post-LN blocks normalise the stream, so an identity block is impossible there (identity raises)."""
+    depth = cfg.depth_init
+    if depth == "auto":
+        depth = "stack" if tgt.n_layers % src.n_layers == 0 or src.post_ln else "identity"
+    if depth == "identity" and src.post_ln and tgt.n_layers > src.n_layers:
+        raise ValueError(
+            f"ligo.depth_init=identity: a post-LayerNorm ({src.arch}) block renormalises its input, so a new "
+            f"block cannot be an exact identity; use ligo.depth_init=stack or interpolate"
+        )
+    width = cfg.width_init
+    if width == "auto":
+        width = "preserve" if depth == "identity" else "net2net"
+    return depth, width
 
 
 # ---------------------------------------------------------------------------------------------------------
 # parameter roles
+_NORMS = ("emb_norm", "attn_norm", "mlp_norm")
 
 
-def param_role(name: str, cfg: ModelConfig) -> tuple[str | None, ...]:
+def param_role(name: str, cfg: ModelConfig, residual: str = "net2net") -> tuple[str | None, ...]:
     """Operators applied to each axis of canonical parameter ``name``: W' = op0 W op1^T (None = unchanged).
 
     The final/head norm output is read by the head; with tied embeddings the head is E' = E B_emb^T, so
-    that norm uses the in-operator (S~) to keep logits unchanged.
+    that norm uses the in-operator (S~) to keep logits unchanged. ``residual`` is the residual-stream init:
+    net2net, or copy / pad of the function-preserving start, where norm gains and biases get their own
+    operators (``norm_w``, ``norm_b``: eq. P1-P2 of :mod:`growth.maps`).
     """
     suffix = name.split(".", 2)[-1] if name.startswith("layers.") else name
     tied_reader = "emb_in" if cfg.tie_embeddings else "emb_out"
+    if residual != "net2net":
+        module, _, kind = suffix.partition(".")  # copy + tied: the final norm keeps emb_in = [I; 0] (E S^T reads it)
+        if module in _NORMS or (
+            module in ("final_norm", "head_norm") and (residual == "pad" or not cfg.tie_embeddings)
+        ):
+            return ("norm_w" if kind == "weight" else "norm_b",)
     table: dict[str, tuple[str | None, ...]] = {
         "tok_emb.weight": (None, "emb_out"),
         "pos_emb.weight": ("pos", "emb_out"),
@@ -288,22 +268,32 @@ class LigoOperator(nn.Module):
         self.small = {k: v.detach() for k, v in small.items()}
         g = torch.Generator().manual_seed(seed)
 
-        # ---- width: init from Net2Net maps, noise on out-operators
+        self.depth_init, self.width_init = resolve_init(cfg, src, tgt)
+        preserve = self.width_init == "preserve"
+
+        # ---- width: init from Net2Net maps (noise on out-operators) or the function-preserving start
         D1, D2, F1, F2 = src.d_model, tgt.d_model, src.d_ff, tgt.d_ff
         src_emb, src_ffn = copy_map(D1, D2), copy_map(F1, F2)
-        att = attention_maps(src, tgt)
-        init = {
-            "emb_out": selection(src_emb, D1),
-            "emb_in": normalised_selection(src_emb, D1),
-            "ffn_out": selection(src_ffn, F1),
-            "ffn_in": normalised_selection(src_ffn, F1),
-        }
+        att = attention_maps(src, tgt, zero_new_heads=preserve)
+        if preserve:  # eq. P2-P3: new units read like a copy and write nothing
+            self.residual, init = residual_maps(src, tgt)
+            if not any(k.endswith("norm.bias") for k in small):  # RMSNorm: no biases to grow
+                del init["norm_b"]
+            init["ffn_out"], init["ffn_in"] = zero_output_maps(F1, F2)
+        else:
+            self.residual = "net2net"
+            init = {
+                "emb_out": selection(src_emb, D1),
+                "emb_in": normalised_selection(src_emb, D1),
+                "ffn_out": selection(src_ffn, F1),
+                "ffn_in": normalised_selection(src_ffn, F1),
+            }
         if self.head_structured:
             init.update(q=att["head_q"], k=att["head_kv"], v=att["head_kv"], o_in=att["head_o_in"])
         else:
             init.update(q=att["q"], k=att["k"], v=att["v"], o_in=att["o_in"])
-        noisy = {"emb_out", "ffn_out", "q", "k", "v"}
-        self.per_layer = {n for n in init if cfg.per_layer and n not in ("emb_out", "emb_in")}
+        noisy = self._noise_rows(init, preserve)
+        self.per_layer = {n for n in init if cfg.per_layer and n not in ("emb_out", "emb_in", "norm_w", "norm_b")}
         # learned positions P -> P' rows: the table tiled (row p copies p mod P), fixed
         self.register_buffer("pos_map", copy_map(src.max_seq_len, tgt.max_seq_len), persistent=False)  # [P']
         self.width = nn.ParameterDict()
@@ -311,18 +301,40 @@ class LigoOperator(nn.Module):
             if name in self.per_layer:  # one copy per small layer, each with its own noise: [L1, n_new, n_old]
                 M = M.expand(src.n_layers, *M.shape).clone()
             if name in noisy and cfg.noise > 0:
-                M = M + torch.randn(M.shape, generator=g) * (cfg.noise / math.sqrt(M.shape[-1])) * M.abs().max()
+                eps = torch.randn(M.shape, generator=g) * (cfg.noise / math.sqrt(M.shape[-1])) * M.abs().max()
+                M = M + eps * noisy[name][:, None]
             self.width[name] = nn.Parameter(M, requires_grad=cfg.train_width)
 
-        # ---- depth: stacking, one coefficient matrix per per-layer parameter type
+        # ---- depth: stacking / interpolation, or identity blocks (eq. P4: zero o/down coefficients)
         L1, L2 = src.n_layers, tgt.n_layers
-        stack = selection(depth_map(L1, L2, cfg.depth_init), L1)  # [L2, L1]
+        if self.depth_init == "identity":
+            inputs, outputs = identity_depth(L1, L2)  # [L2, L1] each
+        else:
+            inputs = outputs = selection(depth_map(L1, L2, self.depth_init), L1)  # [L2, L1]
         self.layer_keys = sorted({k.split(".", 2)[2] for k in small if k.startswith("layers.")})
         self.depth = nn.ParameterDict(
-            {k.replace(".", "__"): nn.Parameter(stack.clone(), requires_grad=cfg.train_depth) for k in self.layer_keys}
+            {
+                k.replace(".", "__"): nn.Parameter(
+                    (outputs if k in OUTPUT_KEYS else inputs).clone(), requires_grad=cfg.train_depth
+                )
+                for k in self.layer_keys
+            }
         )
         self.top_keys = sorted(k for k in small if not k.startswith("layers."))
         self._stacked = self._stack(self.small)  # the frozen small layers, stacked once
+
+    def _noise_rows(self, init: dict[str, torch.Tensor], preserve: bool) -> dict[str, torch.Tensor]:
+        """Which rows of each out-operator get symmetry-breaking noise: every row (Net2Net), or, for the
+        function-preserving start, only rows of new units whose output is still zero (new FFN units, new q
+        heads, new kv heads: these are read only by new q heads, as GQA groups are copied whole). [n_new]"""
+        rows = {n: torch.ones(len(init[n])) for n in ("emb_out", "ffn_out", "q", "k", "v")}
+        if not preserve:
+            return rows
+        src, tgt = self.src, self.tgt
+        per_head = 1 if self.head_structured else tgt.dh  # rows per head
+        new = {"ffn_out": src.d_ff, "q": src.n_heads * per_head, "k": src.kv_heads * per_head}
+        new["v"] = new["k"]
+        return {n: (torch.arange(len(init[n])) >= first).float() for n, first in new.items()}
 
     def _stack(self, small: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-layer parameters of the small model stacked along a new layer axis: {key: [L1, ...]}."""
@@ -364,10 +376,11 @@ class LigoOperator(nn.Module):
         mats["pos"] = self.pos_map
         out: dict[str, torch.Tensor] = {}
         for k in self.top_keys:
-            out[k] = self._widen(small[k], param_role(k, self.tgt), mats)
+            out[k] = self._widen(small[k], param_role(k, self.tgt, self.residual), mats)
         for key in self.layer_keys:
             # width first (small layer j by its own operators), then depth: large layer i = sum_j w_ij W'_j
-            widened = self._widen(stacks[key], param_role(f"layers.0.{key}", self.tgt), mats)  # [L1, ...]
+            role = param_role(f"layers.0.{key}", self.tgt, self.residual)
+            widened = self._widen(stacks[key], role, mats)  # [L1, ...]
             w = self.depth[key.replace(".", "__")]  # [L2, L1]
             grown = torch.einsum("ij,j...->i...", w, widened)  # [L2, ...]
             for i in range(self.tgt.n_layers):
@@ -393,7 +406,7 @@ class LigoOperator(nn.Module):
         for key in self.layer_keys + self.top_keys:
             t = self.small[f"layers.0.{key}"] if key in self.layer_keys else self.small[key]
             reps = L1 if key in self.layer_keys else 1
-            role = param_role(f"layers.0.{key}" if key in self.layer_keys else key, self.tgt)
+            role = param_role(f"layers.0.{key}" if key in self.layer_keys else key, self.tgt, self.residual)
             dims = list(t.shape)
             for axis, op in enumerate(role):
                 if op is None or op == "pos":  # a row copy, no arithmetic

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from growth.maps import padded_norm_eps
 from growth.models import ModelConfig, _divisor_near
 
 __all__ = ["TargetError", "check_target", "parse_target", "target_config"]
@@ -68,6 +69,8 @@ def _derive(src: ModelConfig, want: dict, seq_len: int | None) -> ModelConfig:
         want["d_ff"] = max(src.d_ff, int(round(src.d_ff * D2 / src.d_model)))
     if "max_seq_len" not in want:  # context grows with the training windows (never shrinks)
         want["max_seq_len"] = max(src.max_seq_len, seq_len or 0) if src.arch != "vit" else src.max_seq_len
+    if not src.post_ln:  # a padded stream keeps its norms exact with eps D/D' (growth.maps eq. P1')
+        want.setdefault("norm_eps", padded_norm_eps(src.norm_eps, src.d_model, D2))
     if src.rope:
         want.setdefault("head_dim", src.dh)
     elif "head_dim" in want:
@@ -167,7 +170,9 @@ def target_config(src: ModelConfig, spec: str | dict, seq_len: int | None = None
     against the family's rules (:func:`check_target`); a failure names the rule and the nearest valid d_model.
 
     ``positions`` (learned position tables, or RoPE's max_position_embeddings) defaults to the larger of the
-    source's and ``seq_len``. RoPE models keep head_dim, so their extra width comes as extra heads.
+    source's and ``seq_len``. RoPE models keep head_dim, so their extra width comes as extra heads. Pre-norm
+    targets whose d_model is not a whole multiple get ``norm_eps`` x D/D', which keeps the function-preserving
+    start exact (:func:`growth.maps.padded_norm_eps`).
     """
     want = parse_target(spec) if isinstance(spec, str) else dict(spec)
     try:

@@ -34,6 +34,7 @@ from genai_train.distributed import DistInfo, all_reduce_mean
 from genai_train.optim import build_optimizer, optimizer_state_bytes, param_bytes
 from genai_train.run import Run, Value
 from genai_train.schedules import ScheduleConfig, build_scheduler
+from growth.baselines import stack_config
 from growth.config import SHAPE_KEYS, EvalConfig, GrowConfig, GrowScheduleConfig
 from growth.data import ByteTokenizer, TextData, byte_tokenizer_fast, load_tokenizer, mlm_mask
 from growth.hf import load_hf_folder, save_hf_folder, validate_hf_config
@@ -140,7 +141,8 @@ class GrowTrainer:
         self.op: LigoOperator | None = None
         self.ligo_steps = cfg.ligo.steps if cfg.method == "ligo" else 0
         if cfg.method in ("ligo", "stack"):
-            op = LigoOperator(small, src, self.tgt, cfg.ligo, seed=cfg.run.seed).to(self.device)
+            init = cfg.ligo if cfg.method == "ligo" else stack_config(cfg.ligo)
+            op = LigoOperator(small, src, self.tgt, init, seed=cfg.run.seed).to(self.device)
             if self.ligo_steps > 0:
                 self.op = op
                 self.model.requires_grad_(False)
