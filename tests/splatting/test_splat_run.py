@@ -131,16 +131,20 @@ def test_scene_path_spelled_three_ways_resumes_one_run(scene, tmp_path, monkeypa
     assert straight["n_gaussians"] == result["n_gaussians"]
 
 
-def _rank_main(rank: int, scene: str, run_dir: str, out: str, strategy: str) -> None:
-    result = train(_cfg(scene, run_dir, **{"strategy.name": strategy}))
+def _rank_main(rank: int, scene: str, run_dir: str, out: str, strategy: str, optim: str) -> None:
+    result = train(_cfg(scene, run_dir, **{"strategy.name": strategy, "optim.name": optim}))
     torch.save(result["gaussians"], Path(out) / f"rank{rank}.pt")
 
 
-@pytest.mark.parametrize("strategy", ["adc", "mcmc"])
-def test_two_ranks_equal_one_process_on_the_combined_views(scene, tmp_path, strategy):
-    one = train(_cfg(scene, tmp_path / "one", **{"train.grad_accum": 2, "strategy.name": strategy}))
+# SteepGS with selective Adam: the split bar (a mean of the views' losses) and the visibility mask (the union of
+# the step's views) must both be gathered over the ranks' views to equal one process seeing all of them
+@pytest.mark.parametrize("strategy,optim", [("adc", "adam"), ("mcmc", "adam"), ("steepgs", "selective_adam")])
+def test_two_ranks_equal_one_process_on_the_combined_views(scene, tmp_path, strategy, optim):
+    one = train(
+        _cfg(scene, tmp_path / "one", **{"train.grad_accum": 2, "strategy.name": strategy, "optim.name": optim})
+    )
     assert len(set(_counts(tmp_path / "one"))) > 1  # a densification event inside the run
-    spawn_ranks(_rank_main, world=2, args=(str(scene), str(tmp_path / "ddp"), str(tmp_path), strategy))
+    spawn_ranks(_rank_main, world=2, args=(str(scene), str(tmp_path / "ddp"), str(tmp_path), strategy, optim))
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # replicated: identical on both ranks
     for k, v in one["gaussians"].items():
