@@ -32,9 +32,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from splat_train import overrides  # noqa: E402  (the shared schedule)
+from splat_train import overrides, shipped_scenes  # noqa: E402  (the shared schedule)
 
-SCENES_DIR = ROOT.parent / "shared" / "data" / "scenes"
 STRATEGIES = ("adc", "steepgs", "mcmc")
 ADC_ONLY = ("--strategy.reset_every",)  # schedule keys MCMC has no field for (it never resets opacities)
 
@@ -118,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short smoke run (60 steps per run)")
     ap.add_argument("--steps", type=int, default=0, help="steps per run (default 1500, quick 60)")
-    ap.add_argument("--scenes", default="", help=f"comma-separated scene folders (default: all in {SCENES_DIR})")
+    ap.add_argument("--scenes", default="", help="scene names or folders, comma-separated (default: all)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each in its own process)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")), help="threads per run")
     ap.add_argument(
@@ -148,12 +147,7 @@ def main() -> None:
 
     from genai_train.bench import claim, write_result
 
-    scenes = [Path(s).resolve() for s in args.scenes.split(",") if s] or sorted(
-        p for p in SCENES_DIR.iterdir() if (p / "sparse").is_dir()
-    )
-    missing = [str(s) for s in scenes if not (s / "sparse").is_dir()]
-    if not scenes or missing:
-        sys.exit(f"no COLMAP scene at {missing or SCENES_DIR}: this benchmark needs ../shared/data/scenes")
+    scenes = shipped_scenes(args.scenes)
     import torch
 
     kernels = {"mode": args.kernels, "used": args.kernels != "torch" and torch.cuda.is_available()}

@@ -37,9 +37,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from splat_train import overrides  # noqa: E402  (the shared schedule)
+from splat_train import overrides, shipped_scenes  # noqa: E402  (the shared schedule)
 
-SCENES_DIR = ROOT.parent / "shared" / "data" / "scenes"
 OPTIMIZERS = ("adam", "selective_adam", "adam_mini")
 
 
@@ -147,7 +146,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")), help="per run")
     ap.add_argument("--parallel", type=int, default=2, help="runs at a time, each in its own process")
     ap.add_argument("--sh-degree", type=int, default=3, help="final SH degree of every run (default 3)")
-    ap.add_argument("--scenes", default="", help="comma-separated scene names (default: every scene folder)")
+    ap.add_argument("--scenes", default="", help="scene names or folders, comma-separated (default: all)")
     ap.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--worker", nargs=2, metavar=("SCENE", "OPTIM"), help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default="", help=argparse.SUPPRESS)
@@ -160,15 +159,7 @@ def main() -> None:
 
     from genai_train.bench import write_result
 
-    if not SCENES_DIR.is_dir():
-        sys.exit(f"{SCENES_DIR} is missing: this benchmark needs the scenes from ../shared/data")
-    scenes = sorted(p for p in SCENES_DIR.iterdir() if (p / "sparse").is_dir())
-    if args.scenes:
-        wanted = args.scenes.split(",")
-        unknown = sorted(set(wanted) - {p.name for p in scenes})
-        if unknown:
-            sys.exit(f"unknown scenes {unknown}; {SCENES_DIR} has {[p.name for p in scenes]}")
-        scenes = [p for p in scenes if p.name in wanted]
+    scenes = shipped_scenes(args.scenes)
     tmp = Path(tempfile.mkdtemp(prefix="splat_optim_bench_"))
     jobs = []
     for scene in scenes:

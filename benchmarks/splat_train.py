@@ -21,7 +21,23 @@ os.environ.setdefault("BUILD_NO_CUDA", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SCENE = ROOT.parent / "shared" / "data" / "scenes" / "figurine"
+SCENES_DIR = ROOT.parent / "shared" / "data" / "scenes"
+SCENE = SCENES_DIR / "figurine"
+
+
+def shipped_scenes(spec: str = "") -> list[Path]:
+    """The COLMAP scenes a benchmark runs on: ``spec`` is comma-separated scene names (folders of SCENES_DIR)
+    or scene folders; empty = every scene in SCENES_DIR. Exits naming what is not a scene."""
+    if not spec:
+        scenes = sorted(p for p in SCENES_DIR.iterdir() if (p / "sparse").is_dir()) if SCENES_DIR.is_dir() else []
+        if not scenes:
+            sys.exit(f"no COLMAP scene in {SCENES_DIR}: these benchmarks need the scenes from ../shared/data")
+        return scenes
+    scenes = [Path(s) if Path(s).is_dir() else SCENES_DIR / s for s in spec.split(",") if s]
+    bad = [str(s) for s in scenes if not (s / "sparse").is_dir()]
+    if bad:
+        sys.exit(f"not a COLMAP scene (no sparse/): {bad}; pass scene folders or names of folders in {SCENES_DIR}")
+    return [s.resolve() for s in scenes]
 
 
 def overrides(steps: int, run_dir: str, threads: int) -> list[str]:
