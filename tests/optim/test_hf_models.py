@@ -328,3 +328,74 @@ def test_flora_matches_flora_opt_on_transformers_models(kind, scale_parameter):
     _train(a, opt)
     _train(b, ref)
     assert _rel(a, b) < TOL
+
+
+def test_adam_mini_matches_the_package_on_gpt2_written_with_linear_layers():
+    """The package partitions by names and row-major (out, in) layouts, so on stock GPT-2 (fused c_attn, Conv1D
+    stored (in, out)) it makes c_attn and attn.c_proj one block each and splits Conv1D weights per input row. Here
+    it gets the same GPT-2 with every Conv1D written as the Linear layers its README expects (q_proj/k_proj/v_proj/
+    o_proj, mlp fc/proj, transposed; torch.func.functional_call builds the fused model from them): 20 steps of that
+    equal ours on stock GPT-2, whose partition comes from the Conv1D layout (q and k per head, the rest per output
+    neuron). The key bias's gradient (zero in exact arithmetic, rounding noise otherwise) is zeroed in both runs."""
+    adam_mini = pytest.importorskip("adam_mini")
+    a, b = _pair("gpt2")
+    width = a.config.n_embd
+    for block in a.transformer.h:
+        block.attn.c_attn.bias.register_hook(
+            lambda g: torch.cat([g[:width], torch.zeros_like(g[width : 2 * width]), g[2 * width :]])
+        )
+    # the package's copy: Linear layouts (out, in) named as its README says
+    linear: dict[str, torch.nn.Parameter] = {}
+    for i, block in enumerate(b.transformer.h):
+        w, bias = block.attn.c_attn.weight.detach(), block.attn.c_attn.bias.detach()
+        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            linear[f"h.{i}.attn.{name}.weight"] = torch.nn.Parameter(w[:, j * width : (j + 1) * width].T.contiguous())
+            linear[f"h.{i}.attn.{name}.bias"] = torch.nn.Parameter(bias[j * width : (j + 1) * width].clone())
+        linear[f"h.{i}.attn.o_proj.weight"] = torch.nn.Parameter(block.attn.c_proj.weight.detach().T.contiguous())
+        linear[f"h.{i}.mlp.fc.weight"] = torch.nn.Parameter(block.mlp.c_fc.weight.detach().T.contiguous())
+        linear[f"h.{i}.mlp.proj.weight"] = torch.nn.Parameter(block.mlp.c_proj.weight.detach().T.contiguous())
+    fused_names = (
+        "attn.c_attn.weight",
+        "attn.c_attn.bias",
+        "attn.c_proj.weight",
+        "mlp.c_fc.weight",
+        "mlp.c_proj.weight",
+    )
+    rest = {  # embeddings, LayerNorms and the other biases keep their names (wte: the package's embedding rule)
+        n: p for n, p in b.named_parameters() if not n.endswith(fused_names)
+    }
+    rest["transformer.wpe.embed_positions"] = rest.pop("transformer.wpe.weight")  # 'embed': one block per row
+
+    def fused() -> dict[str, torch.Tensor]:
+        out = {n: p for n, p in rest.items() if n != "transformer.wpe.embed_positions"}
+        out["transformer.wpe.weight"] = rest["transformer.wpe.embed_positions"]
+        for i in range(len(b.transformer.h)):
+            h, q = f"transformer.h.{i}.", f"h.{i}."
+            parts = [linear[f"{q}attn.{n}.weight"].T for n in ("q_proj", "k_proj", "v_proj")]
+            out[h + "attn.c_attn.weight"] = torch.cat(parts, dim=1)
+            out[h + "attn.c_attn.bias"] = torch.cat(
+                [linear[f"{q}attn.{n}.bias"] for n in ("q_proj", "k_proj", "v_proj")]
+            )
+            out[h + "attn.c_proj.weight"] = linear[f"{q}attn.o_proj.weight"].T
+            out[h + "mlp.c_fc.weight"] = linear[f"{q}mlp.fc.weight"].T
+            out[h + "mlp.c_proj.weight"] = linear[f"{q}mlp.proj.weight"].T
+        return out
+
+    for i in range(len(b.transformer.h)):
+        linear[f"h.{i}.attn.k_proj.bias"].register_hook(torch.zeros_like)
+    opt = build_optimizer(a, OptimConfig(name="adam_mini", lr=1e-3, weight_decay=0.1))
+    ref = adam_mini.Adam_mini(
+        named_parameters=[*linear.items(), *rest.items()], lr=1e-3, weight_decay=0.1, dim=width,
+        n_heads=a.config.n_head, verbose=False,
+    )  # fmt: skip
+    _train(a, opt)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        ids = torch.randint(1, VOCAB, (4, 12), generator=g)
+        torch.func.functional_call(b, fused(), (), {"input_ids": ids, "labels": ids}).loss.backward()
+        ref.step()
+        ref.zero_grad(set_to_none=True)
+    got = dict(a.named_parameters())
+    want = {n: p.detach() for n, p in fused().items()}
+    worst = max(((got[n] - w).norm() / w.norm()).item() for n, w in want.items())
+    assert worst < TOL, worst
