@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import yaml
@@ -36,16 +34,4 @@ def dist_cfg(run_dir: Path, dist: DistConfig, steps: int = 8, every: int = 0, ba
         ckpt=CheckpointConfig(every=every, keep=5),
         ema=EMAConfig(),
         dist=dist,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def set_rank_env(rank: int, world: int, port: int) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
     )

@@ -13,14 +13,15 @@ import torch.multiprocessing as mp
 
 from genai_train.config import ConfigError
 from genai_train.dist.config import DistConfig, HalosConfig
+from genai_train.testing import free_port, rank_env
 
-from .helpers import TWO_REGIONS, dist_cfg, free_port, set_rank_env
+from .helpers import TWO_REGIONS, dist_cfg
 
 WORLD = 7  # 1 global server + 2 x (1 local server + 2 workers)
 
 
 def _rank(rank: int, port: int, run_dir: str, steps: int, victim: int, die_after_s: float) -> None:
-    set_rank_env(rank, WORLD, port)
+    rank_env(rank, WORLD, port)
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     import genai_train.dist.runner as runner
