@@ -2,7 +2,9 @@
 
 ``optim.kernels`` (and the optimizers' ``kernels=`` argument) picks the implementation per tensor:
 
-- ``auto``: the Triton kernel for CUDA tensors when triton is installed, the torch twin everywhere else;
+- ``auto``: the Triton kernel for CUDA tensors when triton is installed and the kernel was measured faster than its
+  twin on a GPU (``benchmarks/results/*_kernels.json``: all but ``adam_direction``, whose twin is torch's own fused
+  Adam, one CUDA launch where a Triton launch costs ~30 us), the torch twin everywhere else;
 - ``triton``: always the kernel (CPU tensors only under ``TRITON_INTERPRET=1``, Triton's interpreter, which is how
   the tests check every kernel against its twin on machines without a GPU);
 - ``torch``: always the twin.
@@ -21,7 +23,16 @@ from typing import Literal
 
 import torch
 
-__all__ = ["KernelMode", "KERNEL_MODES", "triton_available", "interpreting", "use_triton", "jit", "active_kernels"]
+__all__ = [
+    "KernelMode",
+    "KERNEL_MODES",
+    "AUTO",
+    "triton_available",
+    "interpreting",
+    "use_triton",
+    "jit",
+    "active_kernels",
+]
 
 KernelMode = Literal["auto", "triton", "torch"]
 KERNEL_MODES = ("auto", "triton", "torch")
@@ -36,6 +47,11 @@ KERNELS = (
 )
 
 
+# run by ``auto`` on CUDA: measured faster than their twins on an H200 (benchmarks/results/optimizers_kernels.json,
+# densification_kernels.json); adam_direction was 4.7-5.9x slower than torch's fused Adam and runs only when asked for
+AUTO = ("channel_norm_ratio", "adam_mini_update", "adafactor_moments", "splitting_matrices")
+
+
 @functools.cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
@@ -46,12 +62,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def use_triton(mode: str, t: torch.Tensor) -> bool:
-    """Whether ``mode`` runs the Triton kernel on tensor ``t`` (else its torch twin)."""
+def use_triton(mode: str, t: torch.Tensor, kernel: str = "") -> bool:
+    """Whether ``mode`` runs the Triton kernel named ``kernel`` on tensor ``t`` (else its torch twin); under ``auto``
+    only the kernels in ``AUTO`` run (an unnamed kernel counts as one of them)."""
     if mode == "torch":
         return False
     if mode == "auto":
-        return t.is_cuda and triton_available()
+        return t.is_cuda and triton_available() and (not kernel or kernel in AUTO)
     if mode != "triton":
         raise ValueError(f"kernels={mode!r}; choose one of {', '.join(KERNEL_MODES)}")
     if not triton_available():
@@ -79,4 +96,6 @@ def jit(fn: Callable) -> Callable:
 
 def active_kernels(device: torch.device | str) -> list[str]:
     """The kernels ``optim.kernels=auto`` runs on ``device`` (empty: the torch twins run)."""
-    return list(KERNELS) if torch.device(device).type == "cuda" and triton_available() else []
+    if torch.device(device).type != "cuda" or not triton_available():
+        return []
+    return [k for k in KERNELS if k.split(" ")[0] in AUTO]

@@ -75,7 +75,9 @@ class AdamMini(CoreOptimizer):
         ms = [s["exp_avg"] for s in states]
         vs = [s["vmean"] for s in states]
         k = t + 1
-        fused = [use_triton(self.kernels, p) and "segments" not in s for p, s in zip(params, states)]
+        fused = [
+            use_triton(self.kernels, p, "adam_mini_update") and "segments" not in s for p, s in zip(params, states)
+        ]
         for p, g, m, v, s, f in zip(params, grads, ms, vs, states, fused):
             if f:  # Triton: decay, moments and update of each parameter in one kernel (the code below is its twin)
                 adam_mini_update_triton(p, g.contiguous(), m, v, s["blocks"], k, lr, b1, b2, eps, wd)

@@ -59,7 +59,7 @@ def apollo_scaling(
     Channel-wise: s [m, 1] (tall) or [1, n] (wide), one factor per channel of the larger side.
     ``kernels``: where the ratio of norms runs (:mod:`genai_train.kernels`; its torch twin is the code below).
     """
-    triton = use_triton(kernels, r)
+    triton = use_triton(kernels, r, "channel_norm_ratio")
     if scale_type == "tensor":
         if triton:
             s = channel_norm_ratio_triton(r, rt, None)

@@ -112,7 +112,7 @@ def adam_direction(
     APOLLO's normalised low-rank gradient, no bias correction), fused into one pass where possible.
     ``out``: tensors shaped like ``grads`` to write -N into (else new ones are allocated). ``kernels``: where
     ``use_triton`` says so, the Triton kernel ``adam_direction_triton`` (of which the code below is the twin)."""
-    if out is not None and use_triton(kernels, grads[0]):
+    if out is not None and use_triton(kernels, grads[0], "adam_direction"):
         for g, m, v, o in zip(grads, exp_avgs, exp_avg_sqs, out):
             adam_direction_triton(g, m, v, beta1, beta2, eps, o)
         return out

@@ -1,4 +1,5 @@
-"""SteepGS's fused splitting-matrix kernel against its torch twin, through Triton's interpreter on the CPU."""
+"""SteepGS's fused splitting-matrix kernel against its torch twin, through Triton's interpreter on the CPU and,
+where CUDA is present, compiled on the GPU."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ pytest.importorskip("triton")
 from splatting.render.torch_raster import rasterize  # noqa: E402
 from splatting.strategies.steepgs import SteepGSStrategy  # noqa: E402
 
+CUDA = torch.cuda.is_available()
 
-def _scene(n: int, views: int, seed: int = 0):
+
+def _scene(n: int, views: int, dev: torch.device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     params = {
         "means": (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([3.0, 3.0, 1.0]) + torch.tensor([0, 0, 4.0]),
@@ -20,26 +23,37 @@ def _scene(n: int, views: int, seed: int = 0):
         "opacities": torch.rand(n, generator=g) * 0.8 + 0.1,
         "colors": torch.rand(n, 3, generator=g),
     }
-    params = {k: v.requires_grad_() for k, v in params.items()}
+    params = {k: v.to(dev).requires_grad_() for k, v in params.items()}
     angles = torch.linspace(-0.2, 0.2, views)
     viewmats = torch.eye(4).repeat(views, 1, 1)
     viewmats[:, 0, 0], viewmats[:, 0, 2] = torch.cos(angles), torch.sin(angles)
     viewmats[:, 2, 0], viewmats[:, 2, 2] = -torch.sin(angles), torch.cos(angles)
     viewmats[:, 0, 3] = angles
     Ks = torch.tensor([[24.0, 0, 12.0], [0, 20.0, 10.0], [0, 0, 1]]).repeat(views, 1, 1)
+    viewmats, Ks = viewmats.to(dev), Ks.to(dev)
     img, _, info = rasterize(
         params["means"], params["quats"], params["scales"], params["opacities"], params["colors"], viewmats, Ks, 24, 20,
-        backgrounds=torch.zeros(views, 3),
+        backgrounds=torch.zeros(views, 3, device=dev),
     )  # fmt: skip
     info["viewmats"], info["Ks"] = viewmats, Ks
-    target = torch.rand(img.shape, generator=g)
+    target = torch.rand(img.shape, generator=g).to(dev)
     return params, info, ((img - target) ** 2).mean()
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param("interpreter", marks=pytest.mark.skipif(CUDA, reason="interpreter only where there is no CUDA")),
+        pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
+    ],
+)
 @pytest.mark.parametrize("n,views", [(1, 1), (37, 2), (300, 3)])  # below, at and above one block of 128
-def test_fused_splitting_matrices_equal_the_torch_twin(monkeypatch, n, views):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    params, info, loss = _scene(n, views)
+def test_fused_splitting_matrices_equal_the_torch_twin(monkeypatch, where, n, views):
+    if where == "interpreter":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    params, info, loss = _scene(n, views, torch.device("cpu" if where == "interpreter" else "cuda"))
     results = []
     strategies = [
         SteepGSStrategy(kernels="torch", min_decrease_pixels=0),
