@@ -1,5 +1,5 @@
-"""Kernel vs twin: each fused Triton kernel of ``genai_train.kernels`` timed against its pure-torch twin on the
-shapes of the optimizer benchmark's GPT (CUDA only; on the CPU the twins are what runs)."""
+"""Kernel vs twin: each fused Triton kernel of ``genai_train.kernels`` timed against its pure-torch twin (CUDA; on the
+CPU the twins are what runs, and these timings only run under ``TRITON_INTERPRET=1`` as a dry run of the code)."""
 
 from __future__ import annotations
 
@@ -8,84 +8,108 @@ import time
 
 import torch
 
-from genai_train.kernels import use_triton
-from genai_train.kernels.optim import (
-    adam_direction_triton,
-    adam_mini_update_triton,
-    channel_norm_ratio_triton,
-    mean_sq_ema_triton,
-)
+from genai_train.kernels import triton_available, use_triton
 from genai_train.optim.adam_mini import AdamMini
 from genai_train.optim.apollo import apollo_scaling
 from genai_train.optim.base import adam_direction
+from genai_train.optim.flora import adafactor_direction
+
+if triton_available():
+    import triton.language as tl
+else:  # only the twins run (use_triton says so before any kernel is launched)
+    tl = None
+
+# the matrices of one block of LLaMA-1B as the GaLore paper trains it (d 2048, MLP 5461, 24 blocks): the GPU scale,
+# reported beside the benchmark GPT's shapes (CPU scale, where every update is a few microseconds of launches)
+LLAMA_1B_BLOCK = [(2048, 2048)] * 4 + [(5461, 2048), (5461, 2048), (2048, 5461)]
+LLAMA_1B_BLOCKS = 24
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _time(fn, reps: int, device: torch.device) -> float:
     fn()  # compile / warm up
     samples = []
     for _ in range(reps):
-        torch.cuda.synchronize(device)
+        _sync(device)
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize(device)
+        _sync(device)
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
 
 
 def kernels_vs_twins(shapes: list[tuple[int, int]], rank: int, reps: int, device: torch.device) -> dict:
-    """Median seconds of each kernel and its twin, summed over ``shapes`` (the benchmark model's matrices)."""
+    """Median seconds of each fused update and its twin, summed over ``shapes`` (a model's matrices): the function
+    the optimizer calls, once with ``kernels="triton"`` and once with ``"torch"``, so both sides carry the same
+    surrounding work (APOLLO's ||G s||, Flora's normalised output, Adam-mini's whole step)."""
     use_triton("triton", torch.empty(0, device=device))  # a clear error where kernels cannot run
     g = [torch.randn(s, device=device) for s in shapes]
-    r = [torch.randn(s[0], rank, device=device) for s in shapes]  # projected gradients, tall
+    # projected gradients as the optimizers hold them: [m, rank] for tall matrices, [rank, n] for wide ones
+    r = [torch.randn((s[0], rank) if s[0] >= s[1] else (rank, s[1]), device=device) for s in shapes]
     m = [torch.zeros_like(x) for x in r]
     v = [torch.rand_like(x) for x in r]
     out = [torch.empty_like(x) for x in r]
     rows = [torch.rand(s[0], device=device) for s in shapes]
     cols = [torch.rand(s[1], device=device) for s in shapes]
-    p = [torch.randn(s, device=device) for s in shapes]
-    pm = [torch.zeros_like(x) for x in p]
-    pv = [torch.zeros(s[0], 1, device=device) for s in shapes]
-    params = [torch.nn.Parameter(x.clone()) for x in p]
-    mini = AdamMini(params, blocks={id(q): s[0] for q, s in zip(params, shapes)}, kernels="torch")
-    pairs = {
-        "adam_direction": (
-            lambda: [adam_direction_triton(*a, 0.9, 0.999, 1e-6, o) for *a, o in zip(r, m, v, out)],
-            lambda: [adam_direction([a], [b], [c], 5, 0.9, 0.999, 1e-6, out=[o]) for a, b, c, o in zip(r, m, v, out)],
-        ),
-        "channel_norm_ratio": (
-            lambda: [channel_norm_ratio_triton(a, o, 1) for a, o in zip(r, out)],
-            lambda: [apollo_scaling(a, o, x, "channel", "torch") for a, o, x in zip(r, out, g)],
-        ),
-        "adam_mini_update": (
-            lambda: [
-                adam_mini_update_triton(*a, s[0], 5, 1e-3, 0.9, 0.999, 1e-8, 0.0) for *a, s in zip(p, g, pm, pv, shapes)
-            ],
-            lambda: _adam_mini_twin(mini, g),
-        ),
-        "adafactor_moments": (
-            lambda: [mean_sq_ema_triton(x, a, b, 0.9, 1e-30) for x, a, b in zip(g, rows, cols)],
-            lambda: [_moments_twin(x, a, b) for x, a, b in zip(g, rows, cols)],
-        ),
-    }
-    out_times = {}
-    for name, (kernel, twin) in pairs.items():
-        tk, tt = _time(kernel, reps, device), _time(twin, reps, device)
-        out_times[name] = {"kernel_s": tk, "twin_s": tt, "ratio": tk / tt}
+
+    def direction(mode: str) -> None:
+        adam_direction(r, m, v, 5, 0.9, 0.999, 1e-6, out=out, kernels=mode)
+
+    def scaling(mode: str) -> None:
+        for a, o, x in zip(r, out, g):
+            apollo_scaling(a, o, x, "channel", mode)
+
+    def factored(mode: str) -> None:
+        for x, a, b in zip(g, rows, cols):
+            adafactor_direction(x, a, b, None, 0.9, 1e-30, mode)
+
+    pairs = {"adam_direction": direction, "channel_norm_ratio": scaling, "adafactor_moments": factored}
+    out_times = {name: _pair(fn, reps, device) for name, fn in pairs.items()}
+    for tensors in (r, m, v, out, rows, cols):
+        tensors.clear()  # free them before Adam-mini's copies
+    mini = {}
+    for mode in ("triton", "torch"):
+        params = [torch.nn.Parameter(torch.zeros(s, device=device)) for s in shapes]
+        for q, x in zip(params, g):
+            q.grad = x
+        mini[mode] = AdamMini(params, blocks={id(q): s[0] for q, s in zip(params, shapes)}, kernels=mode)
+    out_times["adam_mini_update"] = _pair(lambda mode: mini[mode].step(), reps, device)
     return out_times
 
 
-def _moments_twin(g: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> None:
-    """The moment lines of ``adafactor_direction`` (the kernel's twin), alone."""
-    sq = g * g
-    sq.add_(1e-30)
-    row.mul_(0.9).add_(sq.mean(dim=-1), alpha=0.1)
-    col.mul_(0.9).add_(sq.mean(dim=-2), alpha=0.1)
+def _pair(fn, reps: int, device: torch.device) -> dict:
+    tk, tt = _time(lambda: fn("triton"), reps, device), _time(lambda: fn("torch"), reps, device)
+    return {"kernel_s": tk, "twin_s": tt, "ratio": tk / tt}
 
 
-def _adam_mini_twin(opt: AdamMini, grads: list[torch.Tensor]) -> None:
-    for p, g in zip(opt.param_groups[0]["params"], grads):
-        p.grad = g
-    opt.step()
+def _touch_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) + 1.0, mask=offs < n)
+
+
+def launch_overhead(reps: int, device: torch.device) -> dict:
+    """Median seconds per launch, 100 launches back to back on a 16-float tensor: a one-line Triton kernel through
+    ``jit`` (as every kernel here is launched) vs one torch in-place op. What a kernel must amortise."""
+    from genai_train.kernels import jit
+
+    x = torch.zeros(16, device=device)
+    kernel = jit(_touch_kernel)
+    per = 100
+
+    def triton_launches() -> None:
+        for _ in range(per):
+            kernel[(1,)](x, 16, BLOCK=16)
+
+    def torch_ops() -> None:
+        for _ in range(per):
+            x.add_(1.0)
+
+    t_triton, t_torch = _time(triton_launches, reps, device) / per, _time(torch_ops, reps, device) / per
+    return {"triton_launch_s": t_triton, "torch_op_s": t_torch}
 
 
 def steepgs_kernel_vs_twin(n: int, views: int, reps: int, device: torch.device) -> dict:

@@ -27,6 +27,15 @@ def environment() -> dict:
             ).stdout.strip()
             or "unknown"
         )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        ).stdout.strip()
+        if dirty and commit != "unknown":
+            commit += "+changes"  # the tree the result came from is not the commit: rerun after committing
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -46,14 +46,15 @@ def adafactor_direction(
     Factored (g: [m, n], row [m], col [n]):  G^2 moments by rows/columns, u = g / sqrt(row col / mean(row)).
     Unfactored (v like g): u = g / sqrt(v).
     """
-    sq = g * g
-    sq.add_(eps1)
-    if v is not None:
-        v.mul_(beta2t).add_(sq, alpha=1.0 - beta2t)
-        return torch.rsqrt(v).mul_(g)
-    if use_triton(kernels, g) and g.ndim == 2:
-        mean_sq_ema_triton(g.contiguous(), row, col, beta2t, eps1)
+    if v is None and use_triton(kernels, g, "adafactor_moments") and g.ndim == 2:
+        mean_sq_ema_triton(g.contiguous(), row, col, beta2t, eps1)  # G^2 never materialised
+        sq = torch.empty_like(g)  # only the output's buffer
     else:
+        sq = g * g
+        sq.add_(eps1)
+        if v is not None:
+            v.mul_(beta2t).add_(sq, alpha=1.0 - beta2t)
+            return torch.rsqrt(v).mul_(g)
         row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1.0 - beta2t)
         col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1.0 - beta2t)
     r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)  # [m, 1]
