@@ -15,26 +15,15 @@ __all__ = ["environment", "claim", "write_result", "RESULTS_DIR"]
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+    return out.stdout.strip()
+
+
 def environment() -> dict:
     try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=10,
-            ).stdout.strip()
-            or "unknown"
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=10,
-        ).stdout.strip()
-        if dirty and commit != "unknown":
+        commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+        if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
             commit += "+changes"  # the tree the result came from is not the commit: rerun after committing
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
