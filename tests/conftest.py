@@ -19,3 +19,27 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            "interpreter",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(),
+                reason="the interpreter runs only where triton was imported with TRITON_INTERPRET=1 (no CUDA)",
+            ),
+        ),
+        pytest.param(
+            "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+        ),
+    ]
+)
+def kernel_device(request, monkeypatch) -> torch.device:
+    """Where a Triton kernel test runs, once each: Triton's interpreter on CPU tensors (where there is no CUDA:
+    triton imported without the interpreter cannot start it later), and compiled on the GPU (where there is one)."""
+    if request.param == "interpreter":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        return torch.device("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    return torch.device("cuda")

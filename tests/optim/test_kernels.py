@@ -24,22 +24,10 @@ CUDA = torch.cuda.is_available()
 SHAPES = [(37, 19), (1, 5), (2, 1100), (1100, 2)]  # odd sizes, a single row, rows longer than one block
 
 
-@pytest.fixture(
-    params=[
-        "interpreter",
-        pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
-    ]
-)
-def dev(request, monkeypatch) -> torch.device:
-    """Where the kernels run: Triton's interpreter on CPU tensors (only where there is no CUDA: triton imported
-    without the interpreter cannot start it later), or compiled on the GPU."""
-    if request.param == "interpreter":
-        if CUDA:
-            pytest.skip("the interpreter runs only where triton was imported with TRITON_INTERPRET=1 (no CUDA)")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        return torch.device("cpu")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    return torch.device("cuda")
+@pytest.fixture
+def dev(kernel_device) -> torch.device:
+    """tests/conftest.py's kernel_device (interpreter | cuda), under the short name these tests use."""
+    return kernel_device
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

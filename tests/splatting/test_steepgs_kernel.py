@@ -11,8 +11,6 @@ pytest.importorskip("triton")
 from splatting.render.torch_raster import rasterize  # noqa: E402
 from splatting.strategies.steepgs import SteepGSStrategy  # noqa: E402
 
-CUDA = torch.cuda.is_available()
-
 
 def _scene(n: int, views: int, dev: torch.device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -40,20 +38,9 @@ def _scene(n: int, views: int, dev: torch.device, seed: int = 0):
     return params, info, ((img - target) ** 2).mean()
 
 
-@pytest.mark.parametrize(
-    "where",
-    [
-        pytest.param("interpreter", marks=pytest.mark.skipif(CUDA, reason="interpreter only where there is no CUDA")),
-        pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
-    ],
-)
 @pytest.mark.parametrize("n,views", [(1, 1), (37, 2), (300, 3)])  # below, at and above one block of 128
-def test_fused_splitting_matrices_equal_the_torch_twin(monkeypatch, where, n, views):
-    if where == "interpreter":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    params, info, loss = _scene(n, views, torch.device("cpu" if where == "interpreter" else "cuda"))
+def test_fused_splitting_matrices_equal_the_torch_twin(kernel_device, n, views):
+    params, info, loss = _scene(n, views, kernel_device)
     results = []
     strategies = [
         SteepGSStrategy(kernels="torch", min_decrease_pixels=0),
