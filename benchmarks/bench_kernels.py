@@ -25,6 +25,34 @@ LLAMA_1B_BLOCK = [(2048, 2048)] * 4 + [(5461, 2048), (5461, 2048), (2048, 5461)]
 LLAMA_1B_BLOCKS = 24
 
 
+def kernel_device() -> torch.device:
+    """The device of a ``--kernels-only`` run: CUDA, or the CPU under ``TRITON_INTERPRET=1`` as a dry run of the
+    code; anything else exits with what to do."""
+    from genai_train.kernels import interpreting
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if interpreting():
+        return torch.device("cpu")
+    raise SystemExit(
+        "--kernels-only times the Triton kernels on a CUDA device and there is none here (on the CPU the torch twins "
+        "run; TRITON_INTERPRET=1 dry-runs this code through Triton's interpreter, with no meaningful times)"
+    )
+
+
+def write_kernel_result(name: str, config: dict, claims: list[dict], timings: dict, device, out_dir) -> None:
+    """Write ``<name>.json`` and print its claims, or, for a dry run on the CPU, say that nothing is written."""
+    from genai_train.bench import write_result
+
+    if device.type != "cuda":
+        print("dry run through Triton's interpreter: the code ran; its times mean nothing, so nothing is written")
+        return
+    path = write_result(name, config, claims, {"timings": timings}, out_dir=out_dir)
+    for c in claims:
+        print(f"{'ok  ' if c['holds'] else 'FAIL'} {c['name']} = {c['value']:.4g} {c['op']} {c['target']}")
+    print(f"wrote {path}")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -113,37 +113,31 @@ def run_one(args: argparse.Namespace, tmp: Path, scene: Path, strategy: str, ext
     return record
 
 
-def kernels_only(args: argparse.Namespace) -> None:
-    """--kernels-only: SteepGS's kernel vs its twin alone (on the CPU only as a dry run through Triton's interpreter,
-    on 2,000 Gaussians)."""
-    import torch
+def time_steepgs_kernel(device, sizes: list[int]) -> tuple[dict, list[dict]]:
+    """SteepGS's kernel vs its twin on 4 views of each of ``sizes`` Gaussians; the claim on the first size."""
     from bench_kernels import steepgs_kernel_vs_twin
 
-    from genai_train.bench import claim, write_result
-    from genai_train.kernels import interpreting
+    from genai_train.bench import claim
 
-    if not torch.cuda.is_available() and not interpreting():
-        raise SystemExit(
-            "--kernels-only times the Triton kernel on a CUDA device and there is none here (on the CPU the torch "
-            "twin runs; TRITON_INTERPRET=1 dry-runs this code through Triton's interpreter, with no meaningful times)"
-        )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sizes = [200_000, 1_000_000] if device.type == "cuda" else [2_000]
     timings = {}
     for n in sizes:
         timings[str(n)] = t = steepgs_kernel_vs_twin(n, 4, 20, device)
         print(f"SteepGS {n:,} Gaussians x 4 views: kernel {t['kernel_s'] * 1e3:.3f} ms vs twin "
-              f"{t['twin_s'] * 1e3:.3f} ms (ratio {t['ratio']:.3f})", flush=True)  # fmt: skip
-    claims = [claim("fused_update_vs_twin.steepgs", timings[str(sizes[0])]["ratio"], "<=", 0.5)]
-    if device.type != "cuda":
-        print("dry run through Triton's interpreter: the code ran; its times mean nothing, so nothing is written")
-        return
+              f"{t['twin_s'] * 1e3:.3f} ms (ratio {t['ratio']:.3f})", file=sys.stderr, flush=True)  # fmt: skip
+    return timings, [claim("fused_update_vs_twin.steepgs", timings[str(sizes[0])]["ratio"], "<=", 0.5)]
+
+
+def kernels_only(args: argparse.Namespace) -> None:
+    """--kernels-only: SteepGS's kernel vs its twin alone (on the CPU only as a dry run through Triton's interpreter,
+    on 2,000 Gaussians)."""
+    from bench_kernels import kernel_device, write_kernel_result
+
+    device = kernel_device()
+    sizes = [200_000, 1_000_000] if device.type == "cuda" else [2_000]
+    timings, claims = time_steepgs_kernel(device, sizes)
     config = {"views": 4, "reps": 20, "gaussians": sizes, "claim_on": sizes[0]}
     results = Path(args.results) if args.results else HERE / "results"
-    path = write_result("densification_kernels", config, claims, {"timings": timings}, out_dir=str(results))
-    for c in claims:
-        print(f"{'ok  ' if c['holds'] else 'FAIL'} {c['name']} = {c['value']:.4g} {c['op']} {c['target']}")
-    print(f"wrote {path}")
+    write_kernel_result("densification_kernels", config, claims, timings, device, str(results))
 
 
 def main() -> None:
@@ -193,11 +187,9 @@ def main() -> None:
     import torch
 
     kernels = {"mode": args.kernels, "used": args.kernels != "torch" and torch.cuda.is_available()}
+    kernel_claims = []
     if args.kernels == "triton" and torch.cuda.is_available():
-        from bench_kernels import steepgs_kernel_vs_twin
-
-        kernels["timings"] = steepgs_kernel_vs_twin(200_000, 4, 20, torch.device("cuda"))
-        print(f"SteepGS kernel vs twin: {kernels['timings']}", file=sys.stderr)
+        kernels["timings"], kernel_claims = time_steepgs_kernel(torch.device("cuda"), [200_000])
     elif args.kernels == "triton":
         print(
             "--kernels triton: no CUDA device, so the Triton kernel is not used; the torch twin runs", file=sys.stderr
@@ -242,8 +234,7 @@ def main() -> None:
         claims.append(claim(f"gaussians_ratio_steepgs_vs_adc.{s.name}", ratio, "<=", 0.6))
     mean_drop = sum(p["psnr_drop_db"] for p in per_scene.values()) / len(per_scene)
     claims.append(claim("psnr_drop_db.mean", mean_drop, "<=", 0.1))
-    if "timings" in kernels:
-        claims.append(claim("fused_update_vs_twin.steepgs", kernels["timings"]["ratio"], "<=", 0.5))
+    claims += kernel_claims
     config = {
         "scenes": [s.name for s in scenes],
         "data_factor": 8,

@@ -257,28 +257,17 @@ def time_kernels(reps: int, device: torch.device, llama_1b: bool = False) -> tup
 
 def kernels_only(reps: int, out: str | None) -> None:
     """--kernels-only: the kernel-vs-twin timings alone (on the CPU only as a dry run through Triton's interpreter)."""
-    from genai_train.kernels import interpreting
+    from bench_kernels import kernel_device, write_kernel_result
 
-    if not torch.cuda.is_available() and not interpreting():
-        raise SystemExit(
-            "--kernels-only times the Triton kernels on a CUDA device and there is none here (on the CPU the torch "
-            "twins run; TRITON_INTERPRET=1 dry-runs this code through Triton's interpreter, with no meaningful times)"
-        )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = kernel_device()
     timings, claims = time_kernels(reps, device, llama_1b=device.type == "cuda")
-    if device.type != "cuda":
-        print("dry run through Triton's interpreter: the code ran; its times mean nothing, so nothing is written")
-        return
     config = {
         "rank": 128,
         "reps": reps,
         "shapes": {"gpt": {"layers": LAYERS, "dim": DIM, "ffn": FFN}, "llama_1b": "d 2048, MLP 5461, 24 blocks"},
         "claims_on": "gpt",
     }
-    path = write_result("optimizers_kernels", config, claims, {"timings": timings}, out_dir=out)
-    for c in claims:
-        print(f"{'ok  ' if c['holds'] else 'FAIL'} {c['name']} = {c['value']:.4g} {c['op']} {c['target']}")
-    print(f"wrote {path}")
+    write_kernel_result("optimizers_kernels", config, claims, timings, device, out)
 
 
 def main() -> None:
