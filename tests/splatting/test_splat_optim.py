@@ -191,22 +191,12 @@ def scene(tmp_path_factory):
 @pytest.mark.parametrize("name", ["selective_adam", "adam_mini"])
 def test_resume_at_step_5_matches_10_straight_steps_bit_for_bit(scene, tmp_path, name):
     from splatting.train import train
-    from tests.splatting.test_splat_run import _cfg, _counts, _latest  # the run tests' schedule and readers
+    from tests.splatting.test_splat_run import _cfg, _straight_and_resumed  # the run tests' schedule and check
 
-    # 40 random points anywhere in the cube: each step's view misses 10-20% of the Gaussians
+    # 40 random points anywhere in the cube: each step's view misses 10-20% of the Gaussians; densified (and an
+    # opacity reset at 7) inside the 10 steps
     extra = {"optim.name": name, "init_random": 40, "init_views": 0}
-    straight = train(_cfg(scene, tmp_path / "a", **extra))
-    assert len(set(_counts(tmp_path / "a"))) > 1  # densified (and an opacity reset at 7) inside the 10 steps
-    train(_cfg(scene, tmp_path / "b", **extra), stop_after=5)
-    rest = train(_cfg(scene, tmp_path / "b", **extra))
-    assert rest["steps_done"] == 10 and rest["n_gaussians"] == straight["n_gaussians"]
-    (sa, a), (sb, b) = _latest(tmp_path / "a"), _latest(tmp_path / "b")
-    assert sa == sb == 10
-    for k, v in a["gaussians"].items():
-        assert torch.equal(v, b["gaussians"][k]), k
-    for k, opt in a["optimizers"].items():
-        for key in ("step", "exp_avg", "exp_avg_sq"):
-            assert torch.equal(opt["state"][0][key], b["optimizers"][k]["state"][0][key]), (k, key)
+    straight, rest, a, b = _straight_and_resumed(scene, tmp_path, ("step", "exp_avg", "exp_avg_sq"), **extra)
     assert straight["optimizer_state_bytes"] == rest["optimizer_state_bytes"]
     adam = train(_cfg(scene, tmp_path / "adam", **{**extra, "optim.name": "adam"}))
     assert not torch.equal(adam["gaussians"]["means"], straight["gaussians"]["means"])  # the trainer used `name`

@@ -74,24 +74,35 @@ def _counts(run_dir) -> list[int]:
     return [r["n_gaussians"] for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("strategy", ["adc", "steepgs", "mcmc"])
-def test_resume_at_step_5_matches_10_straight_steps_bit_for_bit_across_densification(scene, tmp_path, strategy):
-    straight = train(_cfg(scene, tmp_path / "a", **{"strategy.name": strategy}))
-    assert len(set(_counts(tmp_path / "a"))) > 1 and straight["n_gaussians"] != N_POINTS  # densified in 10 steps
-    part = train(_cfg(scene, tmp_path / "b", **{"strategy.name": strategy}), stop_after=5)
+def _straight_and_resumed(scene, tmp_path, state_keys: tuple[str, ...], **extra) -> tuple[dict, dict, dict, dict]:
+    """10 straight steps in run dir a, and 5 + resume + 5 in b: asserts densification happened inside the 10 steps
+    and that both runs end equal bit for bit (Gaussians, the optimizers' ``state_keys``); returns both runs' results
+    and latest checkpoints for the caller's own checks."""
+    straight = train(_cfg(scene, tmp_path / "a", **extra))
+    assert len(set(_counts(tmp_path / "a"))) > 1  # densified inside the 10 steps
+    part = train(_cfg(scene, tmp_path / "b", **extra), stop_after=5)
     assert part["steps_done"] == 5
-    rest = train(_cfg(scene, tmp_path / "b", **{"strategy.name": strategy}))
-    if strategy == "mcmc":
-        rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-        assert sum(r.get("relocated", 0) for r in rows) > 0 and sum(r.get("added", 0) for r in rows) > 0
+    rest = train(_cfg(scene, tmp_path / "b", **extra))
     assert rest["steps_done"] == 10 and rest["n_gaussians"] == straight["n_gaussians"]
     (sa, a), (sb, b) = _latest(tmp_path / "a"), _latest(tmp_path / "b")
     assert sa == sb == 10
     for k, v in a["gaussians"].items():
         assert torch.equal(v, b["gaussians"][k]), k
     for k, opt in a["optimizers"].items():
-        for key in ("exp_avg", "exp_avg_sq"):
+        for key in state_keys:
             assert torch.equal(opt["state"][0][key], b["optimizers"][k]["state"][0][key]), (k, key)
+    return straight, rest, a, b
+
+
+@pytest.mark.parametrize("strategy", ["adc", "steepgs", "mcmc"])
+def test_resume_at_step_5_matches_10_straight_steps_bit_for_bit_across_densification(scene, tmp_path, strategy):
+    straight, rest, a, b = _straight_and_resumed(
+        scene, tmp_path, ("exp_avg", "exp_avg_sq"), **{"strategy.name": strategy}
+    )
+    assert straight["n_gaussians"] != N_POINTS
+    if strategy == "mcmc":
+        rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+        assert sum(r.get("relocated", 0) for r in rows) > 0 and sum(r.get("added", 0) for r in rows) > 0
     for k, v in a["strategy"]["value"].items():
         assert (
             torch.equal(v, b["strategy"]["value"][k]) if isinstance(v, torch.Tensor) else v == b["strategy"]["value"][k]
