@@ -158,25 +158,34 @@ def _simulate(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
 
     t_end = sim.run(on_event=maybe_save)
     root = sim.roles[0]
-    val = task.evaluate(_model_of(task, root.theta))
-    curve.value.append([t_end, root.integrated / W, val])
+    val = _final_point(task, root.theta, t_end, root.integrated / W, curve.value)
     worker_steps = sum(r.steps_done for r in roles.values() if isinstance(r, Worker))
     run.save(root.integrated // W, sim=sim, meta=meta, curve=curve)
+    extra = {"worker_steps": worker_steps, "step_s": step_s}
+    return _finish(run, dcfg.algo, True, t_end, val, root.integrated / W, links, curve.value, **extra)
+
+
+def _final_point(task: DistTask, theta, t_end: float, global_steps: float, curve: list) -> float:
+    """The global model's validation loss at the end, appended to ``curve`` as its last point."""
+    val = task.evaluate(_model_of(task, theta))
+    curve.append([t_end, global_steps, val])
+    return val
+
+
+def _finish(
+    run: Run, algo: str, simulated: bool, t_end: float, val: float, global_steps: float, links, curve: list, **extra
+) -> dict:
+    """The run's result (``result.json``, the last log line) and the run closed."""
     result = {
-        "algo": dcfg.algo,
-        "simulated": True,
+        "algo": algo,
+        "simulated": simulated,
         "time_s": t_end,
         "val_loss": val,
-        "global_steps": root.integrated / W,
-        "worker_steps": worker_steps,
-        "step_s": step_s,
+        "global_steps": global_steps,
+        **extra,
         "link_scale": links.scale,
-        "curve": curve.value,
+        "curve": curve,
     }
-    return _finish(run, result)
-
-
-def _finish(run: Run, result: dict) -> dict:
     if run.is_main:
         run.log(max(1, int(result["global_steps"])), val_loss=result["val_loss"], time_s=result["time_s"])
         (run.dir / "result.json").write_text(json.dumps(result, indent=2))
@@ -242,21 +251,11 @@ def _real(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
         return {"rank": rank, "role": kind}
     t_end = transport.now()
     curve = [[t, g, task.evaluate(_model_of(task, th))] for t, g, th in snaps]  # evaluation is not training time
-    val = task.evaluate(_model_of(task, role.theta))
-    curve.append([t_end, role.integrated / W, val])
+    val = _final_point(task, role.theta, t_end, role.integrated / W, curve)
     for t, g, loss in curve[:-1]:
         run.log(max(1, int(g)), val_loss=loss, time_s=t)
     # rank 0 alone writes here (the other ranks are gone): the checkpointer directly, no barrier. With HALoS the
     # global server's state holds every region's (sent as STATE messages before BYE).
     state = {"step": role.integrated // W, "rng": rng_state(), "config": run.config_dict}
     run.checkpointer.save(role.integrated // W, {**state, "server": role.state_dict(), "curve": {"value": curve}})
-    result = {
-        "algo": dcfg.algo,
-        "simulated": False,
-        "time_s": t_end,
-        "val_loss": val,
-        "global_steps": role.integrated / W,
-        "link_scale": links.scale,
-        "curve": curve,
-    }
-    return _finish(run, result)
+    return _finish(run, dcfg.algo, False, t_end, val, role.integrated / W, links, curve)
