@@ -47,8 +47,7 @@ from genai_train.bench import claim, first_crossing, write_result  # noqa: E402
 from genai_train.config import load_config  # noqa: E402
 from genai_train.dist.algorithms import ring_order_bottleneck, transfer_seconds  # noqa: E402
 from genai_train.dist.config import Layout, load_regions  # noqa: E402
-from genai_train.dist.runner import _model_of, build_role, link_model, measure_step_s  # noqa: E402
-from genai_train.dist.sim import Simulator  # noqa: E402
+from genai_train.dist.runner import _final_point, _model_of, build_simulator, link_model, measure_step_s  # noqa: E402
 from genai_train.dist.task import flat_params  # noqa: E402
 from genai_train.lm import LMConfig, dist_task  # noqa: E402
 from genai_train.plot import line_chart  # noqa: E402
@@ -125,23 +124,20 @@ def simulate(cfg: LMConfig, step_of_worker: list[float], mark_every_s: float) ->
     task = dist_task(cfg)
     theta0 = flat_params(task.make_model())
     W = layout.regions.n_workers
-    roles = {r: build_role(r, layout, cfg.dist, theta0, task, cfg.train.steps * W) for r in range(layout.world_size)}
-    links = link_model(layout, theta0.numel() * 4, min(step_of_worker))
     curve = [[0.0, 0.0, task.evaluate(_model_of(task, theta0))]]
 
     def mark(t: float, root) -> None:
         curve.append([t, root.integrated / W, task.evaluate(_model_of(task, root.theta))])
 
-    step_of = {layout.worker_rank(w): step_of_worker[w] for w in range(W)}
-    sim = Simulator(roles, links, step_of, mark_every_s=mark_every_s, on_mark=mark)
+    sim = build_simulator(layout, cfg.dist, task, theta0, cfg.train.steps * W, step_of_worker, mark_every_s, mark)
     t0 = time.perf_counter()
     t_end = sim.run()
     root = sim.roles[0]
-    curve.append([t_end, root.integrated / W, task.evaluate(_model_of(task, root.theta))])
-    worker_steps = sum(getattr(r, "steps_done", 0) for r in roles.values())
+    val = _final_point(task, root.theta, t_end, root.integrated / W, curve)
+    worker_steps = sum(getattr(r, "steps_done", 0) for r in sim.roles.values())
     wall = time.perf_counter() - t0
-    return {"curve": curve, "time_s": t_end, "val_loss": curve[-1][2], "worker_steps": worker_steps,
-            "global_steps": root.integrated / W, "wall_s": wall, "link_scale": links.scale}  # fmt: skip
+    return {"curve": curve, "time_s": t_end, "val_loss": val, "worker_steps": worker_steps,
+            "global_steps": root.integrated / W, "wall_s": wall, "link_scale": sim.links.scale}  # fmt: skip
 
 
 def run_real(text: Path, steps: int, eval_s: float, out: Path) -> tuple[dict, list[float]]:

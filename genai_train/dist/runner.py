@@ -131,11 +131,6 @@ def _simulate(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
         step_s = float(saved["meta"]["value"]["step_s"])
     else:
         step_s = dcfg.step_ms / 1e3 if dcfg.step_ms > 0 else measure_step_s(task)
-    links = link_model(layout, theta0.numel() * 4, step_s)
-    budget = cfg.train.steps * W
-    roles = {rank: build_role(rank, layout, dcfg, theta0, task, budget) for rank in range(layout.world_size)}
-    speeds = layout.regions.relative_speeds
-    step_of = {layout.worker_rank(w): step_s / speeds[w] for w in range(W)}
     curve = Value([])
 
     def mark(t: float, root) -> None:
@@ -143,9 +138,9 @@ def _simulate(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
         curve.value.append([t, root.integrated / W, loss])
         run.log(max(1, root.integrated // W), val_loss=loss, time_s=t)
 
-    every = dcfg.eval_every_s
-    sim = Simulator(roles, links, step_of, root=0, mark_every_s=every, on_mark=mark if every > 0 else None)
-    meta = Value({"step_s": step_s, "link_scale": links.scale})
+    step_of_worker = [step_s / v for v in layout.regions.relative_speeds]
+    sim = build_simulator(layout, dcfg, task, theta0, cfg.train.steps * W, step_of_worker, dcfg.eval_every_s, mark)
+    meta = Value({"step_s": step_s, "link_scale": sim.links.scale})
     step = run.restore(sim=sim, meta=meta, curve=curve)
     next_save = (step // cfg.ckpt.every + 1) * cfg.ckpt.every if cfg.ckpt.every > 0 else None
 
@@ -159,10 +154,10 @@ def _simulate(run: Run, cfg: Any, layout: Layout, task: DistTask) -> dict:
     t_end = sim.run(on_event=maybe_save)
     root = sim.roles[0]
     val = _final_point(task, root.theta, t_end, root.integrated / W, curve.value)
-    worker_steps = sum(r.steps_done for r in roles.values() if isinstance(r, Worker))
+    worker_steps = sum(r.steps_done for r in sim.roles.values() if isinstance(r, Worker))
     run.save(root.integrated // W, sim=sim, meta=meta, curve=curve)
     extra = {"worker_steps": worker_steps, "step_s": step_s}
-    return _finish(run, dcfg.algo, True, t_end, val, root.integrated / W, links, curve.value, **extra)
+    return _finish(run, dcfg.algo, True, t_end, val, root.integrated / W, sim.links, curve.value, **extra)
 
 
 def _final_point(task: DistTask, theta, t_end: float, global_steps: float, curve: list) -> float:
@@ -170,6 +165,25 @@ def _final_point(task: DistTask, theta, t_end: float, global_steps: float, curve
     val = task.evaluate(_model_of(task, theta))
     curve.append([t_end, global_steps, val])
     return val
+
+
+def build_simulator(
+    layout: Layout,
+    dcfg: DistConfig,
+    task: DistTask,
+    theta0: torch.Tensor,
+    budget: int,
+    step_of_worker: list[float],
+    mark_every_s: float = 0.0,
+    on_mark: Callable | None = None,
+) -> Simulator:
+    """Every role of ``dcfg.algo`` on the virtual clock: worker w takes ``step_of_worker[w]`` seconds per local step,
+    links are scaled for the fastest of them, ``on_mark(t, root)`` every ``mark_every_s`` (0: never)."""
+    links = link_model(layout, theta0.numel() * 4, min(step_of_worker))
+    roles = {rank: build_role(rank, layout, dcfg, theta0, task, budget) for rank in range(layout.world_size)}
+    step_of = {layout.worker_rank(w): t for w, t in enumerate(step_of_worker)}
+    on_mark = on_mark if mark_every_s > 0 else None
+    return Simulator(roles, links, step_of, root=0, mark_every_s=mark_every_s, on_mark=on_mark)
 
 
 def _finish(
