@@ -222,10 +222,10 @@ def cmd_env() -> int:
 
     active = active_kernels(select_device("auto"))
     if active:
-        print(f"Triton kernels active (optim.kernels=auto): {', '.join(k.split(' ')[0] for k in active)}")
+        print(f"Triton kernels active (optim.kernels=auto): {', '.join(active)}")
     else:
         reason = "no CUDA device" if not cuda else "triton is not installed"
-        names = ", ".join(k.split(" ")[0] for k in KERNELS)
+        names = ", ".join(KERNELS)
         print(f"Triton kernels not used ({reason}): the pure-torch twins run for {names}")
     return 0
 

@@ -40,14 +40,15 @@ __all__ = [
 KernelMode = Literal["auto", "triton", "torch"]
 KERNEL_MODES = ("auto", "triton", "torch")
 
-# the project's kernels, as reported by `genai-train env` (the last one lives in splatting/strategies/)
-KERNELS = (
-    "adam_direction (GaLore/APOLLO/APOLLO-Mini moments and normalised update)",
-    "channel_norm_ratio (APOLLO channel/tensor scaling)",
-    "adam_mini_update (Adam-mini block means and update)",
-    "adafactor_moments (Flora's factored second moment)",
-    "splitting_matrices (SteepGS's exact estimator: form, lift, accumulate)",
-)
+# the project's kernels by name (as `use_triton` and `genai-train env` know them) and what each computes; the last one
+# lives in splatting/strategies/
+KERNELS = {
+    "adam_direction": "GaLore/APOLLO/APOLLO-Mini moments and normalised update",
+    "channel_norm_ratio": "APOLLO channel/tensor scaling",
+    "adam_mini_update": "Adam-mini block means and update",
+    "adafactor_moments": "Flora's factored second moment",
+    "splitting_matrices": "SteepGS's exact estimator: form, lift, accumulate",
+}
 
 
 # run by ``auto`` on CUDA: >= 10% faster than their twins at both scales on an H200 (benchmarks/results/
@@ -98,7 +99,7 @@ def jit(fn: Callable) -> Callable:
 
 
 def active_kernels(device: torch.device | str) -> list[str]:
-    """The kernels ``optim.kernels=auto`` runs on ``device`` (empty: the torch twins run)."""
+    """The names of the kernels ``optim.kernels=auto`` runs on ``device`` (empty: the torch twins run)."""
     if torch.device(device).type != "cuda" or not triton_available():
         return []
-    return [k for k in KERNELS if k.split(" ")[0] in AUTO]
+    return [k for k in KERNELS if k in AUTO]
