@@ -13,6 +13,7 @@ import torch
 __all__ = ["environment", "claim", "write_result", "RESULTS_DIR"]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+EXCEPT_RESULTS = ":(exclude,top)benchmarks/results"  # git pathspec: the whole tree but the results folder
 
 
 def _git(*args: str) -> str:
@@ -23,8 +24,10 @@ def _git(*args: str) -> str:
 def environment() -> dict:
     try:
         commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-        if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
-            commit += "+changes"  # the tree the result came from is not the commit: rerun after committing
+        # the tree the result came from is not the commit (rerun after committing); a benchmark's own figures
+        # written into benchmarks/results before its JSON are outputs, not changes to what it measures
+        if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no", "--", ":/", EXCEPT_RESULTS):
+            commit += "+changes"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -70,3 +70,25 @@ def test_first_crossing_interpolates_between_evaluation_points():
     assert first_crossing(curve, 195.2) == pytest.approx(20.0)  # reached exactly at a point
     assert first_crossing(curve, 300.0) == 10.0  # already below at the first point
     assert first_crossing(curve, 100.0) is None  # never reached
+
+
+def test_commit_stamp_flags_changed_code_but_not_the_results_being_written(tmp_path, monkeypatch):
+    import subprocess
+
+    from genai_train import bench
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "x.png").write_bytes(b"old figure")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    head = git("rev-parse", "--short", "HEAD")
+    monkeypatch.setattr(bench, "_git", git)
+    (tmp_path / "benchmarks" / "results" / "x.png").write_bytes(b"the figure a benchmark just drew")
+    assert bench.environment()["commit"] == head  # its own output is not a change to the code it measured
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert bench.environment()["commit"] == f"{head}+changes"
