@@ -145,10 +145,7 @@ def simulate(cfg: LMConfig, step_of_worker: list[float], mark_every_s: float, st
 
     sim = build_simulator(layout, cfg.dist, task, theta0, cfg.train.steps * W, step_of_worker, mark_every_s, mark)
     t0 = time.perf_counter()
-    sim.start()
-    while not sim.done and not reached():
-        sim.step()
-    t_end = sim.t
+    t_end = sim.run(until=reached)
     root = sim.roles[0]
     val = _final_point(task, root.theta, t_end, root.integrated / W, curve)
     worker_steps = sum(getattr(r, "steps_done", 0) for r in sim.roles.values())

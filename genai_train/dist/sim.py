@@ -110,11 +110,17 @@ class Simulator:
                 self.on_mark(self.next_mark, self.roles[self.root])
             self.next_mark += self.mark_every_s
 
-    def run(self, max_events: int | None = None, on_event: Callable[[Simulator], None] | None = None) -> float:
-        """Run until the root server is done (or ``max_events`` more events); returns the virtual time."""
+    def run(
+        self,
+        max_events: int | None = None,
+        on_event: Callable[[Simulator], None] | None = None,
+        until: Callable[[], bool] | None = None,
+    ) -> float:
+        """Run until the root server is done (or ``max_events`` more events, or ``until()`` says so, asked before each
+        event); returns the virtual time."""
         self.start()
         n = 0
-        while not self.done and (max_events is None or n < max_events):
+        while not self.done and (max_events is None or n < max_events) and (until is None or not until()):
             self.step()
             n += 1
             if on_event is not None:

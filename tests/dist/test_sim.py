@@ -10,7 +10,7 @@ import torch
 
 from genai_train.dist.config import DiLoCoConfig, DistConfig, HalosConfig, Layout, load_regions
 from genai_train.dist.roles import GlobalServer, Kind, LocalServer, Msg
-from genai_train.dist.runner import build_role, link_model
+from genai_train.dist.runner import build_simulator
 from genai_train.dist.sim import Simulator
 from genai_train.dist.task import flat_params
 from genai_train.lm import build_trainer, dist_task, train
@@ -22,11 +22,9 @@ def _sim(cfg, step_s: float = 1.0) -> tuple[Simulator, Layout]:
     layout = Layout(cfg.dist.algo, load_regions(cfg.dist.regions))
     task = dist_task(cfg)
     theta0 = flat_params(task.make_model())
-    W = layout.regions.n_workers
-    roles = {r: build_role(r, layout, cfg.dist, theta0, task, cfg.train.steps * W) for r in range(layout.world_size)}
-    speeds = layout.regions.relative_speeds
-    step_of = {layout.worker_rank(w): step_s / speeds[w] for w in range(W)}
-    return Simulator(roles, link_model(layout, theta0.numel() * 4, step_s), step_of), layout
+    step_of_worker = [step_s / v for v in layout.regions.relative_speeds]
+    budget = cfg.train.steps * layout.regions.n_workers
+    return build_simulator(layout, cfg.dist, task, theta0, budget, step_of_worker), layout
 
 
 def test_one_worker_h1_k1_alpha1_without_momentum_equals_plain_training(tmp_path):
@@ -97,6 +95,24 @@ def test_killed_worker_is_dropped_keeps_applied_updates_and_can_rejoin(tmp_path)
     assert sim.roles[0].done and sim.roles[0].integrated >= 30 * 4 and sim.t > 0.5
     assert sim.roles[victim].steps_done > seen["rejoined_steps"], "the revived worker did not train again"
     assert sim.roles[lps].applied_steps >= seen["lps"]
+
+
+def test_run_until_stops_after_the_first_event_where_it_holds_and_then_continues_as_one_run(tmp_path):
+    torch.set_num_threads(1)
+    dcfg = DistConfig(algo="halos", regions=TWO_REGIONS, simulate=True, halos=HalosConfig(push_every=2))
+    cfg = dist_cfg(tmp_path / "u", dcfg, steps=12)
+    torch.manual_seed(0)
+    whole, _ = _sim(cfg, step_s=0.01)
+    whole.run()
+    torch.manual_seed(0)
+    cut, _ = _sim(cfg, step_s=0.01)
+    seen = []
+    cut.run(on_event=lambda s: seen.append(s.roles[0].integrated), until=lambda: cut.roles[0].integrated >= 16)
+    assert seen[-1] >= 16 and all(x < 16 for x in seen[:-1]), "did not stop right after the event that made it true"
+    assert not cut.done and cut.events < whole.events
+    t_end = cut.run()  # the rest: the two parts are the uninterrupted run
+    assert t_end == whole.t and cut.events == whole.events
+    assert torch.equal(cut.roles[0].theta, whole.roles[0].theta)
 
 
 def test_server_state_round_trips_bit_exactly():
