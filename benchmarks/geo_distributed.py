@@ -175,11 +175,16 @@ def run_real(text: Path, steps: int, eval_s: float, out: Path) -> tuple[dict, li
     return json.loads((out / "result.json").read_text()), [per_step[w] for w in range(regions.n_workers)]
 
 
+def loss_vs_time(run: dict) -> list[tuple[float, float]]:
+    """(seconds, validation loss) of a run's curve (whose points are [seconds, global batches, loss])."""
+    return [(p[0], p[2]) for p in run["curve"]]
+
+
 def common_loss_speedups(runs: dict) -> dict:
     """HALoS's speedup over each algorithm at the highest final loss of the four (a loss every run reaches): the
     comparison the claims make when HALoS does not reach DDP's final loss within the budget."""
     common = max(r["val_loss"] for r in runs.values())
-    reach = {a: first_crossing([(p[0], p[2]) for p in r["curve"]], common) for a, r in runs.items()}
+    reach = {a: first_crossing(loss_vs_time(r), common) for a, r in runs.items()}
     speedup = {a: reach[a] / reach["halos"] for a in runs if a != "halos" and reach[a] and reach["halos"]}
     return {"loss": common, "time_to_loss_s": reach, "halos_speedup": speedup}
 
@@ -214,7 +219,7 @@ def main() -> None:
         print(f"{algo}: final val {r['val_loss']:.4f} at {r['time_s']:.1f} virtual s ({r['wall_s']:.0f} s)", flush=True)
 
     target = results["ddp"]["val_loss"]
-    reach = {a: first_crossing([(p[0], p[2]) for p in r["curve"]], target) for a, r in results.items()}
+    reach = {a: first_crossing(loss_vs_time(r), target) for a, r in results.items()}
     # time to DDP's final loss: an asynchronous run that does not reach it on DDP's budget runs again on EXTEND
     # times that budget (its schedule, warm-up and all, laid over the longer budget as for any budget), stopping at
     # its first evaluation at or below the target; one that misses it even then counts its whole run (a lower bound)
@@ -224,19 +229,20 @@ def main() -> None:
         if reach[algo] is not None:
             continue
         extended[algo] = r = simulate(sim_cfg(text, EXTEND * steps, algo), step_of, mark_s, stop_at=target)
-        reach[algo] = first_crossing([(p[0], p[2]) for p in r["curve"]], target)
+        reach[algo] = first_crossing(loss_vs_time(r), target)
         timed_on[algo] = f"{EXTEND}x budget"
         when = f"reached at {reach[algo]:.1f} s" if reach[algo] else "not reached"
         print(f"{algo} on {EXTEND}x the budget: val {r['val_loss']:.4f} at {r['time_s']:.1f} virtual s after "
               f"{r['global_steps']:.0f} global batches ({r['wall_s']:.0f} s); DDP's {target:.4f} {when}",
               flush=True)  # fmt: skip
+    timed = {a: extended.get(a, r) for a, r in results.items()}  # the run each algorithm was timed on
     t_halos = reach["halos"]
 
     def speedup(other: str) -> tuple[float, bool]:
         """(time of ``other`` to the target / HALoS's, whether ``other`` reached it; else its whole run counts)"""
         if t_halos is None:
             return 0.0, reach[other] is not None
-        t = reach[other] if reach[other] is not None else extended.get(other, results[other])["time_s"]
+        t = reach[other] if reach[other] is not None else timed[other]["time_s"]
         return t / t_halos, reach[other] is not None
 
     claims, lower = [], {}
@@ -252,8 +258,8 @@ def main() -> None:
     sim_step_of = [real_step[w] / v for w, v in enumerate(two.relative_speeds)]
     sim2 = simulate(sim_cfg(text, s["real_steps"], "halos", TWO), sim_step_of, s["real_eval_s"])
     common = max(real["val_loss"], sim2["val_loss"])  # a loss both reach
-    t_real = first_crossing([(p[0], p[2]) for p in real["curve"]], common)
-    t_sim = first_crossing([(p[0], p[2]) for p in sim2["curve"]], common)
+    t_real = first_crossing(loss_vs_time(real), common)
+    t_sim = first_crossing(loss_vs_time(sim2), common)
     ratio = t_sim / t_real if t_real and t_sim else float("nan")
     claims.append(claim("sim_vs_real_time_ratio", round(ratio, 3), ">=", 0.8))
     claims.append(claim("sim_vs_real_time_ratio", round(ratio, 3), "<=", 1.25))
@@ -263,7 +269,7 @@ def main() -> None:
     name = "geo_distributed"
     res_dir = out_dir or (ROOT / "benchmarks" / "results")
     suffix = ".quick" if args.quick else ""
-    curves = {a: [(p[0], p[2]) for p in r["curve"]] for a, r in results.items()}
+    curves = {a: loss_vs_time(r) for a, r in results.items()}
     title = "validation loss vs simulated time, 16 workers in 4 regions"
     line_chart(curves, res_dir / f"{name}{suffix}.png", title=title,
                xlabel="simulated seconds", ylabel="val loss (nats/byte)")  # fmt: skip
@@ -271,15 +277,14 @@ def main() -> None:
     zoom = {a: [p for p in c if p[0] <= horizon] for a, c in curves.items()}
     line_chart(zoom, res_dir / f"{name}{suffix}_zoom.png", title="the same, first seconds (DDP is still starting)",
                xlabel="simulated seconds", ylabel="val loss (nats/byte)")  # fmt: skip
-    to_target = {a: [(p[0], p[2]) for p in extended.get(a, results[a])["curve"]] for a in ASYNC}
-    horizon = 1.2 * max(extended.get(a, results[a])["time_s"] for a in ASYNC)
+    to_target = {a: loss_vs_time(timed[a]) for a in ASYNC}
+    horizon = 1.2 * max(timed[a]["time_s"] for a in ASYNC)
     to_target["ddp"] = [p for p in curves["ddp"] if p[0] <= horizon]
     to_target["DDP's final loss"] = [(0.0, target), (horizon, target)]
     line_chart(to_target, res_dir / f"{name}{suffix}_to_target.png",
                title=f"time to DDP's final loss (asynchronous runs on up to {EXTEND}x its tokens)",
                xlabel="simulated seconds", ylabel="val loss (nats/byte)")  # fmt: skip
-    line_chart({"real 2x2 (wall clock)": [(p[0], p[2]) for p in real["curve"]],
-                "simulator (virtual clock)": [(p[0], p[2]) for p in sim2["curve"]]},
+    line_chart({"real 2x2 (wall clock)": loss_vs_time(real), "simulator (virtual clock)": loss_vs_time(sim2)},
                res_dir / f"{name}{suffix}_sim_vs_real.png", title="HALoS 2 regions x 2 workers: real run vs simulator",
                xlabel="seconds", ylabel="val loss (nats/byte)")  # fmt: skip
     config = {
